@@ -1,0 +1,1 @@
+"""Alerts: lifecycle, noise control, cases, webhook outbox and delivery."""

@@ -1,0 +1,1 @@
+"""Device vocabulary: types, metrics, units, devices, topics and series."""

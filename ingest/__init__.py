@@ -1,0 +1,1 @@
+"""Ingest: MQTT subscriber, decoding, dead letters, columnar batches, InfluxDB writer."""

@@ -1,0 +1,91 @@
+"""Columnar batches of readings and the raw messages they come from."""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass
+from enum import IntFlag
+
+import numpy as np
+import numpy.typing as npt
+
+
+class ReadingFlag(IntFlag):
+    """Why a stored reading deserves a second look (stored in the ``flags`` field)."""
+
+    NONE = 0
+    TS_MISSING = 1  # no timestamp in the payload: receive time used
+    OUT_OF_RANGE = 2  # outside the metric's physical range
+    CONVERTED = 4  # converted from a device unit
+
+
+@dataclass(frozen=True, slots=True)
+class RawMessage:
+    """One MQTT message as the network thread saw it."""
+
+    topic: str
+    payload: bytes
+    received_at_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Readings as parallel numpy arrays; row i is one value of one series."""
+
+    series: npt.NDArray[np.int64]
+    ts_ns: npt.NDArray[np.int64]
+    value: npt.NDArray[np.float64]
+    flags: npt.NDArray[np.uint16]
+
+    def __len__(self) -> int:
+        return int(self.series.shape[0])
+
+    @classmethod
+    def empty(cls) -> Batch:
+        """A batch with no rows."""
+        return cls.from_lists([], [], [], [])
+
+    @classmethod
+    def from_lists(
+        cls, series: list[int], ts_ns: list[int], value: list[float], flags: list[int]
+    ) -> Batch:
+        """Build a batch from equally long Python lists."""
+        return cls(
+            series=np.asarray(series, dtype=np.int64),
+            ts_ns=np.asarray(ts_ns, dtype=np.int64),
+            value=np.asarray(value, dtype=np.float64),
+            flags=np.asarray(flags, dtype=np.uint16),
+        )
+
+
+class RawBuffer:
+    """Hand-off from the MQTT network thread to the decoder.
+
+    The network thread only appends; the pipeline drains in batches.
+    """
+
+    def __init__(self, wake_at: int = 5000) -> None:
+        self._items: deque[RawMessage] = deque()
+        self._wake_at = wake_at
+        self._ready = threading.Event()
+
+    def append(self, message: RawMessage) -> None:
+        """Called from the network thread: O(1), no decoding."""
+        self._items.append(message)
+        if len(self._items) >= self._wake_at:
+            self._ready.set()
+
+    def wait(self, timeout: float) -> None:
+        """Block until a batch is ready or ``timeout`` passes."""
+        self._ready.wait(timeout)
+        self._ready.clear()
+
+    def drain(self, limit: int) -> list[RawMessage]:
+        """Take up to ``limit`` messages, oldest first."""
+        items = self._items
+        n = min(limit, len(items))
+        return [items.popleft() for _ in range(n)]
+
+    def __len__(self) -> int:
+        return len(self._items)

@@ -1,0 +1,26 @@
+"""InfluxDB line protocol built from whole batches."""
+
+from __future__ import annotations
+
+from devices.series import SeriesTable, escape_string_field, escape_tag
+from ingest.batch import Batch
+
+__all__ = ["batch_lines", "escape_string_field", "escape_tag"]
+
+
+def batch_lines(batch: Batch, series: SeriesTable) -> list[str]:
+    """One line per row: ``measurement,tags metric=value[,flags=Ni] ts``.
+
+    Rows of the same device and time merge into one point in InfluxDB.
+    """
+    prefixes = series.line_prefixes
+    sids = batch.series.tolist()
+    values = batch.value.tolist()
+    stamps = batch.ts_ns.tolist()
+    if not batch.flags.any():
+        return [f"{prefixes[s]}{v!r} {t}" for s, v, t in zip(sids, values, stamps, strict=True)]
+    flags = batch.flags.tolist()
+    return [
+        f"{prefixes[s]}{v!r},flags={f}i {t}" if f else f"{prefixes[s]}{v!r} {t}"
+        for s, v, f, t in zip(sids, values, flags, stamps, strict=True)
+    ]

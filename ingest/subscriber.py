@@ -1,0 +1,146 @@
+"""MQTT subscriber on paho-mqtt 2.x: the network thread only buffers messages."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from ingest.batch import RawBuffer, RawMessage
+from ingest.errors import BrokerUnavailableError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class MqttOptions:
+    """How to reach the broker and what to subscribe to."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    client_id: str = "lifeline-serve"
+    protocol: int = 5
+    qos: int = 1
+    clean_start: bool = False
+    session_expiry_s: int = 3600
+    keepalive_s: int = 30
+    username: str = ""
+    password: str = ""
+    tls: bool = False
+    tls_ca_file: str = ""
+    shared_group: str = ""
+    connect_timeout_s: float = 30.0
+    reconnect_min_s: float = 1.0
+    reconnect_max_s: float = 30.0
+
+
+class MqttSubscriber:
+    """Subscribes to ``topics`` and appends every message to a :class:`RawBuffer`."""
+
+    def __init__(self, options: MqttOptions, topics: Sequence[str], buffer: RawBuffer) -> None:
+        self.options = options
+        self.topics = [
+            f"$share/{options.shared_group}/{t}" if options.shared_group else t for t in topics
+        ]
+        self.buffer = buffer
+        self.connected = False
+        self.connects = 0
+        protocol = MQTTProtocolVersion.MQTTv5 if options.protocol == 5 else (
+            MQTTProtocolVersion.MQTTv311
+        )
+        self._v5 = protocol is MQTTProtocolVersion.MQTTv5
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=options.client_id,
+            protocol=protocol,
+            clean_session=None if self._v5 else options.clean_start,
+        )
+        if options.username:
+            self.client.username_pw_set(options.username, options.password or None)
+        if options.tls:
+            ctx = ssl.create_default_context(cafile=options.tls_ca_file or None)
+            self.client.tls_set_context(ctx)
+        self.client.reconnect_delay_set(int(options.reconnect_min_s), int(options.reconnect_max_s))
+        self.client.max_inflight_messages_set(1000)
+        self.client.max_queued_messages_set(0)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+
+    def start(self) -> None:
+        """Connect (retrying with backoff up to ``connect_timeout_s``), then run the loop."""
+        opts = self.options
+        deadline = time.monotonic() + opts.connect_timeout_s
+        delay = 0.5
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                self._connect()
+                break
+            except OSError as exc:
+                if time.monotonic() + delay > deadline:
+                    raise BrokerUnavailableError(
+                        f"MQTT broker {opts.host}:{opts.port} unreachable after {attempt} "
+                        f"attempts: {exc}"
+                    ) from exc
+                log.warning(
+                    "MQTT broker %s:%d unreachable (attempt %d): %s; retrying in %.1fs",
+                    opts.host, opts.port, attempt, exc, delay,
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, opts.reconnect_max_s)
+        self.client.loop_start()
+
+    def _connect(self) -> None:
+        opts = self.options
+        if self._v5:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = opts.session_expiry_s
+            self.client.connect(
+                opts.host, opts.port, opts.keepalive_s,
+                clean_start=opts.clean_start, properties=props,
+            )
+        else:
+            self.client.connect(opts.host, opts.port, opts.keepalive_s)
+
+    def stop(self) -> None:
+        """Disconnect and stop the network thread."""
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        if reason.is_failure:
+            log.error("MQTT connect refused: %s", reason)
+            return
+        self.connected = True
+        self.connects += 1
+        log.info(
+            "MQTT connected to %s:%d (session present: %s)",
+            self.options.host, self.options.port, getattr(flags, "session_present", None),
+        )
+        client.subscribe([(t, self.options.qos) for t in self.topics])
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        self.connected = False
+        if reason.is_failure:
+            log.warning("MQTT disconnected: %s; reconnecting", reason)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:  # brokers should refuse these; never crash if one does not
+            topic = bytes(msg._topic).decode("utf-8", "replace")
+        self.buffer.append(RawMessage(topic, bytes(msg.payload), time.time_ns()))

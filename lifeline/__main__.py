@@ -1,0 +1,5 @@
+"""``python -m lifeline``."""
+
+from lifeline.cli import main
+
+raise SystemExit(main())

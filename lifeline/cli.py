@@ -1,0 +1,46 @@
+"""The ``lifeline`` command line: one entry point, subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from lifeline.commands import config, demo, dlq, serve, services, simulate
+from lifeline.commands.common import CommandError
+from lifeline.logs import setup_logging
+
+COMMANDS = (serve, simulate, demo, config, services, dlq)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand registered."""
+    parser = argparse.ArgumentParser(
+        prog="lifeline", description="citylifeline: city lifeline telemetry and alerts"
+    )
+    parser.add_argument("--config",
+                        help="settings file (default: $LIFELINE_CONFIG, ./lifeline.toml)")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in COMMANDS:
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        code: int = args.func(args)
+    except CommandError as exc:
+        print(f"lifeline {args.command}: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

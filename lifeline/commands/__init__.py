@@ -1,0 +1,1 @@
+"""Subcommands of the ``lifeline`` CLI; each module registers its own."""

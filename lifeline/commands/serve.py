@@ -1,0 +1,46 @@
+"""``lifeline serve``: run the service until SIGTERM / Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from types import FrameType
+
+from devices.errors import DevicesError
+from ingest.errors import IngestError
+from lifeline.commands.common import CommandError, settings_from
+from lifeline.service import Service, StartupError
+from rules.errors import RulesError
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``serve`` command."""
+    p = sub.add_parser("serve", help="run the ingest, rule and alert service")
+    p.set_defaults(func=serve_command)
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    """Build the service from settings, start it, run until a signal."""
+    settings = settings_from(args)
+    try:
+        service = Service(settings)
+        service.start()
+    except (StartupError, IngestError, RulesError, DevicesError) as exc:
+        raise CommandError(f"cannot start: {exc}", code=3) from exc
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("signal %s: shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info("serving: mqtt %s:%d prefix %r, influx %s db %s",
+             settings.mqtt.host, settings.mqtt.port, settings.mqtt.prefix,
+             settings.influx.url, settings.influx.database)
+    service.run(stop)
+    return 0

@@ -1,0 +1,1 @@
+"""Rules: rule files, numpy kernels, per-series state, the engine."""

@@ -1,0 +1,1 @@
+"""Simulators: device fleet, signal models, fault scenarios, a simulated dispatch system."""

@@ -1,0 +1,3 @@
+"""Shared test set-up: the real-service harness fixtures."""
+
+pytest_plugins = ["tests.harness_fixtures"]

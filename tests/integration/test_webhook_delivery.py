@@ -1,0 +1,103 @@
+"""Webhook delivery to a real HTTP receiver: headers, signature, retry rules."""
+
+from __future__ import annotations
+
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from alerts.errors import DeliveryError
+from alerts.signing import verify
+from alerts.webhook import DeliveryWorker, HttpNotifier, WebhookEvent
+from lifeline.harness import free_port
+from lifeline.receiver import WebhookReceiver
+
+pytestmark = pytest.mark.integration
+SECRET = "0123456789abcdef-secret"
+
+
+class Scripted:
+    """An HTTP server answering with a scripted list of status codes, then 200."""
+
+    def __init__(self, statuses: list[int]) -> None:
+        self.statuses = list(statuses)
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                status = outer.statuses.pop(0) if outer.statuses else 200
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_signed_headers_and_retry_on_5xx_429_keep_delivery_id() -> None:
+    server = Scripted([503, 429, 500])
+    try:
+        worker = DeliveryWorker(HttpNotifier(server.url, SECRET), base_delay=0.01)
+        worker.start()
+        event = WebhookEvent.new("alert.firing", {"alert": {"device": "d"}, "case": None})
+        worker.enqueue(event)
+        worker.stop(timeout=10)
+        assert worker.stats.delivered == 1
+        assert worker.stats.failed_attempts == 3
+        assert len(server.requests) == 4
+        ids = {h["x-lifeline-delivery"] for h, _ in server.requests}
+        assert ids == {event.delivery_id}
+        headers, body = server.requests[-1]
+        assert headers["x-lifeline-event"] == "alert.firing"
+        assert verify(SECRET, headers["x-lifeline-timestamp"], body,
+                      headers["x-lifeline-signature"])
+    finally:
+        server.close()
+
+
+def test_4xx_is_permanent_and_connection_refused_is_retryable() -> None:
+    server = Scripted([400])
+    try:
+        worker = DeliveryWorker(HttpNotifier(server.url, SECRET), base_delay=0.01)
+        worker.start()
+        worker.enqueue(WebhookEvent.new("alert.firing", {"case": None}))
+        worker.stop(timeout=10)
+        assert (worker.stats.delivered, worker.stats.dead, len(server.requests)) == (0, 1, 1)
+    finally:
+        server.close()
+    refused = HttpNotifier(f"http://127.0.0.1:{free_port()}/x", SECRET, timeout=1)
+    with pytest.raises(DeliveryError) as info:
+        refused.send(WebhookEvent.new("alert.firing", {"case": None}))
+    assert info.value.retryable
+
+
+def test_receiver_rejects_bad_signatures_and_deduplicates() -> None:
+    receiver = WebhookReceiver(SECRET).start()
+    try:
+        good = HttpNotifier(receiver.url, SECRET)
+        event = WebhookEvent.new("alert.firing", {"case": None})
+        good.send(event)
+        good.send(event)  # a retry: same delivery id
+        with pytest.raises(DeliveryError) as info:
+            HttpNotifier(receiver.url, "wrong-secret-wrong-secret").send(event)
+        assert info.value.status == 401 and not info.value.retryable
+        time.sleep(0.05)
+        assert len(receiver.events()) == 1
+        assert receiver.log.duplicates == 1
+        assert receiver.log.bad_signatures == 1
+    finally:
+        receiver.stop()

@@ -1,0 +1,177 @@
+"""Decoder: every reason code, boundaries, and a property test that it never raises."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from devices.catalogue import Catalogue
+from devices.model import Device
+from devices.registry import MemoryRegistry
+from devices.series import SeriesTable
+from devices.topics import TopicScheme
+from ingest.batch import RawMessage, ReadingFlag
+from ingest.deadletter import Reason
+from ingest.decode import DecodeLimits, Decoder
+
+NOW_NS = time.time_ns()
+NOW_MS = NOW_NS // 1_000_000
+
+
+def make_decoder(limits: DecodeLimits | None = None) -> Decoder:
+    registry = MemoryRegistry([Device("gas-1", "gas_alarm", grid="G1", district="d", unit="u"),
+                               Device("wp-1", "water_pressure")])
+    return Decoder(TopicScheme("lifeline"), registry, Catalogue.builtin(), SeriesTable(), limits)
+
+
+def msg(payload: object, topic: str = "lifeline/gas-1/telemetry") -> RawMessage:
+    body = payload if isinstance(payload, bytes) else orjson.dumps(payload)
+    return RawMessage(topic, body, NOW_NS)
+
+
+def test_single_object_accepted_with_its_timestamp() -> None:
+    dec = make_decoder()
+    res = dec.decode([msg({"ts": NOW_MS, "seq": 1, "values": {"lel": 3.2, "battery": 3.6}})])
+    assert res.dead == []
+    assert len(res.batch) == 2
+    assert res.batch.value.tolist() == [3.2, 3.6]
+    assert set(res.batch.ts_ns.tolist()) == {NOW_MS * 1_000_000}
+    assert res.batch.flags.tolist() == [0, 0]
+
+
+def test_array_of_objects_backfill() -> None:
+    dec = make_decoder()
+    body = [{"ts": NOW_MS - 1000 * i, "values": {"lel": float(i)}} for i in range(50)]
+    res = dec.decode([msg(body)])
+    assert res.dead == []
+    assert len(res.batch) == 50
+    assert res.readings == 50
+
+
+def test_iso_timestamp_and_seconds_and_missing() -> None:
+    dec = make_decoder()
+    iso = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(NOW_MS // 1000))
+    res = dec.decode([
+        msg({"ts": iso, "values": {"lel": 1}}),
+        msg({"ts": NOW_MS // 1000, "values": {"lel": 2}}),
+        msg({"values": {"lel": 3}}),
+    ])
+    assert res.dead == []
+    expected = (NOW_MS // 1000) * 1_000_000_000
+    assert res.batch.ts_ns.tolist()[:2] == [expected, expected]
+    assert res.batch.ts_ns.tolist()[2] == NOW_NS
+    assert res.batch.flags.tolist()[2] == ReadingFlag.TS_MISSING
+
+
+def test_boolean_is_stored_as_0_1_and_unit_conversion() -> None:
+    dec = make_decoder()
+    res = dec.decode([msg({"ts": NOW_MS, "values": {"lel": 1000}, "units": {"lel": "ppm"}}),
+                      msg({"ts": NOW_MS + 1, "values": {"lel": True}})])
+    assert res.dead == []
+    assert res.batch.value.tolist() == [2.0, 1.0]  # 1000 ppm methane = 2 %LEL
+    assert res.batch.flags.tolist()[0] == ReadingFlag.CONVERTED
+
+
+def test_out_of_range_is_stored_and_flagged() -> None:
+    res = make_decoder().decode([msg({"ts": NOW_MS, "values": {"lel": 150.0}})])
+    assert res.dead == []
+    assert res.batch.flags.tolist() == [ReadingFlag.OUT_OF_RANGE]
+
+
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        (msg(b"{not json"), Reason.NOT_JSON),
+        (msg(b"\xff\xfe\x00"), Reason.NOT_JSON),
+        (msg(b"[" * 5000 + b"]" * 5000), Reason.NOT_JSON),
+        (msg({"values": "lots"}), Reason.BAD_SHAPE),
+        (msg([]), Reason.BAD_SHAPE),
+        (msg(42), Reason.BAD_SHAPE),
+        (msg({"ts": NOW_MS, "values": {}}), Reason.BAD_SHAPE),
+        (msg(b'{"ts": 1, "values": {"lel": NaN}}'.replace(b"1,", str(NOW_MS).encode() + b",")),
+         Reason.NON_FINITE),
+        (msg(b'{"values": {"lel": Infinity}}'), Reason.NON_FINITE),
+        (msg(b'{"values": {"lel": 1e999}}'), Reason.NON_FINITE),
+        (msg({"values": {"lel": "3.2"}}), Reason.BAD_VALUE),
+        (msg({"values": {"lel": None}}), Reason.BAD_VALUE),
+        (msg({"values": {"lel": 1}}, topic="lifeline/ghost/telemetry"), Reason.UNKNOWN_DEVICE),
+        (msg({"values": {"humidity": 1}}), Reason.UNKNOWN_METRIC),
+        (msg({"values": {"lel": 1}, "units": {"lel": "furlong"}}), Reason.BAD_UNIT),
+        (msg({"ts": "yesterday", "values": {"lel": 1}}), Reason.BAD_TIMESTAMP),
+        (msg({"ts": True, "values": {"lel": 1}}), Reason.BAD_TIMESTAMP),
+        (msg({"ts": -5, "values": {"lel": 1}}), Reason.BAD_TIMESTAMP),
+        (msg({"ts": NOW_MS + 3_600_000, "values": {"lel": 1}}), Reason.TS_FUTURE),
+        (msg({"ts": NOW_MS - 90 * 86_400_000, "values": {"lel": 1}}), Reason.TS_PAST),
+        (msg({"values": {"lel": 1}}, topic="lifeline/gas-1/telemetry/extra"), Reason.BAD_TOPIC),
+        (msg({"values": {"lel": 1}}, topic="other/gas-1/telemetry"), Reason.BAD_TOPIC),
+        (msg({"values": {"lel": 1}}, topic="lifeline/+/telemetry"), Reason.BAD_TOPIC),
+        (msg({"values": {"lel": 1}}, topic="lifeline/../telemetry"), Reason.BAD_TOPIC),
+        (msg(b"x" * 300_000), Reason.OVERSIZED),
+    ],
+)
+def test_reason_codes(message: RawMessage, reason: Reason) -> None:
+    res = make_decoder().decode([message])
+    assert [d.reason for d in res.dead] == [reason]
+    assert res.dead[0].payload == message.payload
+    assert res.dead[0].detail
+
+
+def test_partly_bad_message_keeps_good_values_and_dead_letters_the_rest() -> None:
+    res = make_decoder().decode([msg({"ts": NOW_MS, "values": {"lel": 4.0, "humidity": 9}})])
+    assert res.batch.value.tolist() == [4.0]
+    assert [d.reason for d in res.dead] == [Reason.UNKNOWN_METRIC]
+    assert "humidity" in res.dead[0].detail
+
+
+def test_bad_message_does_not_stop_the_batch() -> None:
+    res = make_decoder().decode([msg(b"garbage"), msg({"ts": NOW_MS, "values": {"lel": 1.0}})])
+    assert len(res.dead) == 1
+    assert res.batch.value.tolist() == [1.0]
+
+
+def test_too_many_readings_in_one_message() -> None:
+    dec = make_decoder(DecodeLimits(max_readings_per_message=3))
+    res = dec.decode([msg([{"values": {"lel": 1}}] * 4)])
+    assert [d.reason for d in res.dead] == [Reason.OVERSIZED]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=20,
+)
+readings = st.fixed_dictionaries(
+    {"values": st.dictionaries(st.sampled_from(["lel", "battery", "rssi", "x"]),
+                               st.integers() | st.floats() | st.booleans() | st.none(),
+                               max_size=4)},
+    optional={"ts": st.integers(-10, 2**63) | st.floats() | st.text(max_size=30),
+              "seq": json_values, "units": json_values},
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(payload=st.binary(max_size=300))
+def test_arbitrary_bytes_never_raise(payload: bytes) -> None:
+    res = make_decoder().decode([RawMessage("lifeline/gas-1/telemetry", payload, NOW_NS)])
+    assert len(res.batch) > 0 or len(res.dead) == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(doc=json_values | readings | st.lists(readings, max_size=5))
+def test_arbitrary_json_is_accepted_or_dead_lettered(doc: object) -> None:
+    try:
+        payload = orjson.dumps(doc)
+    except TypeError:
+        return
+    res = make_decoder().decode([RawMessage("lifeline/gas-1/telemetry", payload, NOW_NS)])
+    assert len(res.batch) > 0 or len(res.dead) == 1
+    assert all(math.isfinite(v) for v in res.batch.value.tolist())
+    for dead in res.dead:
+        assert isinstance(dead.reason, Reason)
+        assert dead.payload == payload

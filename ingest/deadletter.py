@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 log = logging.getLogger(__name__)
 
@@ -65,15 +65,27 @@ dead_letters = sa.Table(
 )
 
 
+def _create_dead_letters(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[dead_letters])
+
+
+# (version, description, upgrade): applied by the service's migration runner.
+MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
+    (1, "dead_letters table", _create_dead_letters),
+]
+
+
 class DeadLetterStore:
-    """Durable dead letters in the service database, counted by reason."""
+    """Durable dead letters in the service database, counted by reason.
+
+    The schema is created by the migration runner (``MIGRATIONS``).
+    """
 
     def __init__(self, engine: Engine, *, max_payload: int = 65536) -> None:
         self._engine = engine
         self._max_payload = max_payload
         self._lock = threading.Lock()
         self.counts: Counter[str] = Counter()
-        metadata.create_all(engine)
 
     def add_many(self, letters: Iterable[DeadLetter]) -> int:
         """Store letters in one transaction; returns how many."""

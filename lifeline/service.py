@@ -7,8 +7,6 @@ import threading
 import time
 from dataclasses import dataclass
 
-import sqlalchemy as sa
-
 from alerts.alerting import AlertStage
 from alerts.webhook import DeliveryWorker, HttpNotifier, WebhookEvent
 from devices.catalogue import Catalogue
@@ -22,6 +20,8 @@ from ingest.errors import WriteError
 from ingest.influx import InfluxV1Transport, InfluxWriter
 from ingest.lineproto import batch_lines
 from ingest.subscriber import MqttOptions, MqttSubscriber
+from lifeline.app import ApiServer, ReadyCheck, create_app
+from lifeline.db import open_database
 from lifeline.errors import LifelineError
 from lifeline.settings import Settings
 from rules.engine import RuleEngine
@@ -87,7 +87,7 @@ class Service:
         self.rules = load_rules(settings.rules.paths)
         self.engine = RuleEngine(self.rules, self.series)
         settings.run_dir.mkdir(parents=True, exist_ok=True)
-        self.db = sa.create_engine(settings.database_url)
+        self.db = open_database(settings.database_url)
         self.dead_letters = DeadLetterStore(self.db)
         inf = settings.influx
         if inf.version != 1:
@@ -123,12 +123,42 @@ class Service:
         self.stats.stored_lines += lines
 
     def start(self) -> None:
-        """Reach InfluxDB and the broker (with retries), then start the workers."""
+        """Reach InfluxDB and the broker (with retries), then start the workers and API."""
         self._wait_for_influx()
         self.writer.start()
         if self.delivery is not None:
             self.delivery.start()
         self.subscriber.start()
+        if self.settings.api.enabled:
+            app = create_app(self.settings, self.db, self.ready_checks())
+            self.api = ApiServer(app, self.settings.api.host, self.settings.api.port)
+            self.api.start()
+
+    api: ApiServer | None = None
+
+    def ready_checks(self) -> dict[str, ReadyCheck]:
+        """Readiness of each dependency, for ``/readyz``."""
+
+        def broker() -> tuple[bool, str]:
+            return self.subscriber.connected, "connected" if self.subscriber.connected else (
+                "not connected")
+
+        def influx() -> tuple[bool, str]:
+            try:
+                self.transport.ping()
+            except WriteError as exc:
+                return False, str(exc)
+            return True, "answering"
+
+        def database() -> tuple[bool, str]:
+            try:
+                with self.db.connect() as conn:
+                    conn.exec_driver_sql("SELECT 1")
+            except Exception as exc:
+                return False, type(exc).__name__
+            return True, "answering"
+
+        return {"broker": broker, "influxdb": influx, "database": database}
 
     def _wait_for_influx(self) -> None:
         inf = self.settings.influx
@@ -185,6 +215,8 @@ class Service:
 
     def shutdown(self) -> None:
         """Stop receiving, process what was received, flush the writer and webhooks."""
+        if self.api is not None:
+            self.api.stop()
         self.subscriber.stop()
         while self.step():
             pass

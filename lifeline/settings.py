@@ -169,12 +169,21 @@ class DatabaseSettings(_Section):
         return v
 
 
+class ApiToken(_Section):
+    """An API token, stored only as the SHA-256 hex digest of the token."""
+
+    name: str = Field(min_length=1, max_length=64)
+    role: Literal["viewer", "operator", "admin"]
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
 class ApiSettings(_Section):
-    """The HTTP API."""
+    """The HTTP API. Every route but /healthz and /readyz needs a bearer token."""
 
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
+    tokens: list[ApiToken] = Field(default_factory=list)
 
 
 class Settings(BaseSettings):

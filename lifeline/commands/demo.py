@@ -19,12 +19,12 @@ from pathlib import Path
 from types import FrameType
 
 import httpx
-import sqlalchemy as sa
 
 from devices.registry import write_inventory
 from devices.topics import TopicScheme
 from ingest.deadletter import DeadLetterStore
 from lifeline.commands.common import CommandError
+from lifeline.db import open_database
 from lifeline.harness import Harness, HarnessError
 from lifeline.influxquery import count_values
 from lifeline.receiver import WebhookReceiver
@@ -108,7 +108,7 @@ def demo_command(args: argparse.Namespace) -> int:
         sim = threading.Thread(target=pub.run, name="simulator")
         sim.start()
         started = time.monotonic()
-        dead = DeadLetterStore(sa.create_engine(f"sqlite:///{db_path}"))
+        dead = DeadLetterStore(open_database(f"sqlite:///{db_path}"))
         while sim.is_alive():
             if stop.is_set():
                 pub.stop_event.set()

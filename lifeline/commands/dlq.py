@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 
 import orjson
-import sqlalchemy as sa
 
 from ingest.deadletter import DeadLetterStore, Reason
 from lifeline.commands.common import settings_from
+from lifeline.db import open_database
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def list_command(args: argparse.Namespace) -> int:
     """Print dead letters."""
     settings = settings_from(args)
-    store = DeadLetterStore(sa.create_engine(settings.database_url))
+    store = DeadLetterStore(open_database(settings.database_url))
     rows = store.list(reason=args.reason, limit=args.limit)
     for row in rows:
         dl = row.letter

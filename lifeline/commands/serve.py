@@ -11,6 +11,7 @@ from types import FrameType
 from devices.errors import DevicesError
 from ingest.errors import IngestError
 from lifeline.commands.common import CommandError, settings_from
+from lifeline.db import DatabaseError
 from lifeline.service import Service, StartupError
 from rules.errors import RulesError
 
@@ -29,7 +30,7 @@ def serve_command(args: argparse.Namespace) -> int:
     try:
         service = Service(settings)
         service.start()
-    except (StartupError, IngestError, RulesError, DevicesError) as exc:
+    except (StartupError, IngestError, RulesError, DevicesError, DatabaseError) as exc:
         raise CommandError(f"cannot start: {exc}", code=3) from exc
     stop = threading.Event()
 

@@ -48,6 +48,7 @@ def cli_env(tmp_path: Path, mosquitto: ManagedService, influxdb: ManagedService,
         "LIFELINE_RULES__PATHS": orjson.dumps([str(rules)]).decode(),
         "LIFELINE_WEBHOOK__URL": hook_url,
         "LIFELINE_WEBHOOK__SECRET": SECRET,
+        "LIFELINE_API__PORT": "0",
     })
     return env
 
@@ -119,7 +120,8 @@ def test_serve_reports_unreachable_broker_without_traceback(tmp_path: Path,
                                                             influxdb: ManagedService) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LIFELINE_")}
     env.update({"LIFELINE_RUN_DIR": str(tmp_path), "LIFELINE_MQTT__PORT": "1",
-                "LIFELINE_MQTT__CONNECT_TIMEOUT": "2s", "LIFELINE_INFLUX__URL": influxdb.info.url})
+                "LIFELINE_API__PORT": "0", "LIFELINE_MQTT__CONNECT_TIMEOUT": "2s",
+                "LIFELINE_INFLUX__URL": influxdb.info.url})
     proc = subprocess.run([*LIFELINE, "serve"], env=env, capture_output=True, timeout=60)
     assert proc.returncode == 3
     err = proc.stderr.decode()
@@ -143,7 +145,7 @@ def test_serve_start_up_errors_are_clear(tmp_path: Path, env_extra: dict[str, st
     for name, text in files.items():
         (tmp_path / name).write_text(text)
     env = {k: v for k, v in os.environ.items() if not k.startswith("LIFELINE_")}
-    env.update({"LIFELINE_RUN_DIR": str(tmp_path / "run"), **env_extra})
+    env.update({"LIFELINE_RUN_DIR": str(tmp_path / "run"), "LIFELINE_API__PORT": "0", **env_extra})
     proc = subprocess.run([*LIFELINE, "serve"], env=env, capture_output=True, timeout=60,
                           cwd=tmp_path)
     assert proc.returncode in (2, 3)

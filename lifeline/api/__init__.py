@@ -1,0 +1,1 @@
+"""HTTP API: one router per domain package, assembled in :mod:`lifeline.app`."""

@@ -1,0 +1,36 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from lifeline.api.deps import Viewer
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """The process is alive."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses={503: {"description": "a dependency is not ready"}})
+def readyz(request: Request) -> JSONResponse:
+    """Ready when every registered readiness check passes."""
+    registered = request.app.state.ready_checks.items()
+    checks: dict[str, Any] = {name: check() for name, check in registered}
+    ready = all(ok for ok, _ in checks.values())
+    details = {k: {"ok": ok, "detail": d} for k, (ok, d) in checks.items()}
+    body = {"ready": ready, "checks": details}
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+@router.get("/metrics")
+def metrics(_: Viewer) -> Response:
+    """Prometheus metrics of every component."""
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,57 @@
+"""FastAPI app assembly: one router per domain package, shared dependencies."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+import uvicorn
+from fastapi import FastAPI
+from sqlalchemy.engine import Engine
+
+from lifeline.api import health
+from lifeline.auth import TokenStore
+from lifeline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ReadyCheck = Callable[[], tuple[bool, str]]
+
+
+def create_app(settings: Settings, engine: Engine,
+               ready_checks: dict[str, ReadyCheck] | None = None) -> FastAPI:
+    """The API app; ``ready_checks`` feed ``/readyz``."""
+    app = FastAPI(title="citylifeline", version="0.1.0")
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.tokens = TokenStore(settings.api.tokens)
+    app.state.ready_checks = dict(ready_checks or {})
+    app.include_router(health.router)
+    return app
+
+
+class ApiServer:
+    """Runs the app with uvicorn in a background thread."""
+
+    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name="api", daemon=True)
+
+    def start(self) -> None:
+        """Start serving."""
+        self._thread.start()
+
+    @property
+    def port(self) -> int | None:
+        """The bound port once started (useful with port 0)."""
+        for server in getattr(self._server, "servers", []):
+            for sock in server.sockets:
+                return int(sock.getsockname()[1])
+        return None
+
+    def stop(self) -> None:
+        """Stop serving."""
+        self._server.should_exit = True
+        self._thread.join(10)

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from devices.catalogue import Catalogue
+from devices.events import DeviceEvent, EventType, LinkState, StatusUpdate
 from devices.model import Device
 from devices.registry import DeviceLookup
 from devices.series import SeriesTable
@@ -47,7 +48,8 @@ class DecodeResult:
     dead: list[DeadLetter] = field(default_factory=list)
     messages: int = 0
     readings: int = 0  # telemetry objects accepted (one InfluxDB point each)
-    other: list[tuple[Device, TopicKind, Any, int]] = field(default_factory=list)
+    events: list[DeviceEvent] = field(default_factory=list)
+    statuses: list[StatusUpdate] = field(default_factory=list)
 
 
 class _Reject(Exception):  # noqa: N818 - internal control flow, never escapes
@@ -111,8 +113,11 @@ class Decoder:
         if device is None:
             raise _Reject(Reason.UNKNOWN_DEVICE, f"device {parsed.device_id!r} not registered")
         body = _loads(msg.payload, parsed.kind)
-        if parsed.kind is not TopicKind.TELEMETRY:
-            result.other.append((device, parsed.kind, body, msg.received_at_ns))
+        if parsed.kind is TopicKind.STATUS:
+            result.statuses.append(_status(device, body, msg.received_at_ns))
+            return
+        if parsed.kind is TopicKind.EVENT:
+            result.events.append(self._event(device, body, msg.received_at_ns))
             return
         objects = body if isinstance(body, list) else [body]
         if not objects:
@@ -195,6 +200,33 @@ class Decoder:
             accepted = 1
         return accepted, bad
 
+    def _event(self, device: Device, body: Any, received_at_ns: int) -> DeviceEvent:
+        if not isinstance(body, dict):
+            raise _Reject(Reason.BAD_SHAPE, "an event must be an object")
+        try:
+            etype = EventType(str(body.get("type")))
+        except ValueError as exc:
+            kind = str(body.get("type"))[:32]
+            raise _Reject(Reason.BAD_SHAPE, f"unknown event type {kind!r}") from exc
+        ts_ns = self._timestamp(body.get("ts"), received_at_ns)
+        level = body.get("level")
+        if level is not None and (isinstance(level, bool) or not isinstance(level, int)
+                                  or not 0 <= level <= 9):
+            raise _Reject(Reason.BAD_VALUE, f"event level {str(level)[:16]!r}")
+        metric = body.get("metric")
+        if metric is not None and (not isinstance(metric, str) or
+                                   metric not in self.catalogue.types[device.type].metrics):
+            raise _Reject(Reason.UNKNOWN_METRIC, f"event metric {str(metric)[:64]!r}")
+        value = None
+        if body.get("value") is not None:
+            value = _number(body["value"])
+            if value is None:
+                raise _Reject(Reason.BAD_VALUE, "event value: not a number")
+            if not math.isfinite(value):
+                raise _Reject(Reason.NON_FINITE, f"event value {value}")
+        return DeviceEvent(device_id=device.id, ts_ns=ts_ns or received_at_ns, type=etype,
+                           level=level, metric=metric, value=value, ts_missing=ts_ns is None)
+
     def _timestamp(self, raw: Any, received_at_ns: int) -> int | None:
         if raw is None:
             return None
@@ -237,6 +269,24 @@ def _loads(payload: bytes, kind: TopicKind) -> Any:
         return json.loads(payload)
     except (ValueError, RecursionError):
         raise _Reject(Reason.NOT_JSON, str(first_error)[:200]) from first_error
+
+
+def _status(device: Device, body: Any, received_at_ns: int) -> StatusUpdate:
+    if isinstance(body, str):
+        if body not in LinkState.__members__.values():
+            raise _Reject(Reason.BAD_SHAPE, f"status {body[:32]!r}")
+        return StatusUpdate(device.id, received_at_ns, LinkState(body))
+    if not isinstance(body, dict):
+        raise _Reject(Reason.BAD_SHAPE, "status must be 'online', 'offline' or an object")
+    try:
+        state = LinkState(str(body.get("state")))
+    except ValueError as exc:
+        raise _Reject(Reason.BAD_SHAPE, f"status state {str(body.get('state'))[:32]!r}") from exc
+    fw = body.get("fw")
+    rssi = _number(body.get("rssi")) if body.get("rssi") is not None else None
+    return StatusUpdate(device.id, received_at_ns, state,
+                        firmware=fw[:64] if isinstance(fw, str) else None,
+                        rssi=rssi if rssi is not None and math.isfinite(rssi) else None)
 
 
 def _number(raw: Any) -> float | None:

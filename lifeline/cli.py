@@ -6,11 +6,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from lifeline.commands import config, demo, dlq, serve, services, simulate, token
+from lifeline.commands import bench, config, demo, dlq, serve, services, simulate, token
 from lifeline.commands.common import CommandError
 from lifeline.logs import setup_logging
 
-COMMANDS = (serve, simulate, demo, config, services, dlq, token)
+COMMANDS = (serve, simulate, demo, config, services, dlq, token, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -175,3 +175,47 @@ def test_arbitrary_json_is_accepted_or_dead_lettered(doc: object) -> None:
     for dead in res.dead:
         assert isinstance(dead.reason, Reason)
         assert dead.payload == payload
+
+
+def test_events_and_statuses_become_typed_records() -> None:
+    from devices.events import EventType, LinkState
+
+    dec = make_decoder()
+    res = dec.decode([
+        msg({"ts": NOW_MS, "type": "alarm", "level": 2, "metric": "lel", "value": 52.0},
+            topic="lifeline/gas-1/event"),
+        msg({"type": "valve_closed"}, topic="lifeline/gas-1/event"),
+        msg(b"offline", topic="lifeline/gas-1/status"),
+        msg({"state": "online", "fw": "1.4.2", "rssi": -71}, topic="lifeline/gas-1/status"),
+    ])
+    assert res.dead == []
+    alarm, valve = res.events
+    assert (alarm.type, alarm.level, alarm.metric, alarm.value) == (EventType.ALARM, 2, "lel", 52.0)
+    assert alarm.ts_ns == NOW_MS * 1_000_000 and not alarm.ts_missing
+    assert valve.type is EventType.VALVE_CLOSED and valve.ts_missing and valve.ts_ns == NOW_NS
+    assert [s.state for s in res.statuses] == [LinkState.OFFLINE, LinkState.ONLINE]
+    assert (res.statuses[1].firmware, res.statuses[1].rssi) == ("1.4.2", -71.0)
+
+
+@pytest.mark.parametrize(
+    ("payload", "topic", "reason"),
+    [
+        ({"type": "explosion"}, "event", Reason.BAD_SHAPE),
+        ([1, 2], "event", Reason.BAD_SHAPE),
+        ({"type": "alarm", "level": "high"}, "event", Reason.BAD_VALUE),
+        ({"type": "alarm", "level": True}, "event", Reason.BAD_VALUE),
+        ({"type": "alarm", "metric": "humidity"}, "event", Reason.UNKNOWN_METRIC),
+        ({"type": "alarm", "value": "x"}, "event", Reason.BAD_VALUE),
+        (b'{"type": "alarm", "value": NaN}', "event", Reason.NON_FINITE),
+        ({"type": "alarm", "ts": NOW_MS + 86_400_000}, "event", Reason.TS_FUTURE),
+        (b"sleeping", "status", Reason.NOT_JSON),
+        ("sleeping", "status", Reason.BAD_SHAPE),
+        ({"state": "dozing"}, "status", Reason.BAD_SHAPE),
+        (5, "status", Reason.BAD_SHAPE),
+    ],
+)
+def test_bad_events_and_statuses_are_dead_lettered(payload: object, topic: str,
+                                                   reason: Reason) -> None:
+    res = make_decoder().decode([msg(payload, topic=f"lifeline/gas-1/{topic}")])
+    assert [d.reason for d in res.dead] == [reason]
+    assert res.events == [] and res.statuses == []

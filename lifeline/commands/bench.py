@@ -19,7 +19,8 @@ import bench
 
 
 def _benchmarks() -> list[str]:
-    return sorted(m.name for m in pkgutil.iter_modules(bench.__path__) if not m.name.startswith("_"))
+    names = (m.name for m in pkgutil.iter_modules(bench.__path__))
+    return sorted(n for n in names if not n.startswith("_"))
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

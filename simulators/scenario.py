@@ -1,0 +1,199 @@
+"""Scenarios: a fleet plus a timeline of incidents, read from TOML, with ground truth.
+
+```toml
+[scenario]
+name = "gas-leak-residential"
+description = "..."
+seed = 7
+start = "2026-03-02T08:00:00+08:00"   # simulated start (default: now minus duration)
+duration = "2h"
+
+[fleet]
+districts = 2
+grids = 8
+devices = { gas_alarm = 400, water_pressure = 20 }
+intervals = { gas_alarm = "300s" }    # optional overrides
+
+[[incident]]
+kind = "gas_leak"
+at = "30m"                 # offset from the start
+device = "auto"            # or an id; "auto" picks one deterministically
+rate = 1.0                 # %LEL per minute
+```
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from datetime import datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from rules.model import parse_duration_ns
+from simulators.errors import ScenarioError
+
+Category = Literal["process", "sensor", "comms"]
+
+# kind -> (category, device type it needs, default: does it warrant a case?)
+INCIDENT_KINDS: dict[str, tuple[Category, str | None, bool]] = {
+    "gas_leak": ("process", "gas_alarm", True),
+    "gas_rupture": ("process", "gas_alarm", True),
+    "main_burst": ("process", "water_pressure", True),
+    "background_leak": ("process", "water_flow", True),
+    "blocked_drain": ("process", "drain_level", True),
+    "rain": ("process", "drain_level", False),
+    "stuck_sensor": ("sensor", None, False),
+    "drift": ("sensor", None, False),
+    "spike": ("sensor", None, False),
+    "dropout": ("comms", None, False),
+    "offline": ("comms", None, False),
+    "low_battery": ("sensor", None, False),
+    "clock_skew": ("comms", None, False),
+    "duplicates": ("comms", None, False),
+    "out_of_order": ("comms", None, False),
+    "malformed": ("comms", None, False),
+    "broker_outage": ("comms", None, False),
+}
+
+
+def _seconds(value: object) -> float:
+    return parse_duration_ns(value) / 1e9
+
+
+class IncidentSpec(BaseModel):
+    """One incident of a scenario's timeline."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: str
+    at: float = 0.0  # seconds from the start
+    duration: float | None = None  # seconds; None: until the end
+    device: str = "auto"  # an id or "auto"
+    devices: int = Field(default=1, ge=1, le=1000)  # how many devices "auto" picks
+    dma: str = "auto"  # for DMA-wide incidents
+    grid: str = "auto"  # for grid-wide incidents
+    metric: str | None = None  # sensor faults: which metric (default: the main one)
+    rate: float | None = None  # kind-specific rate (%LEL/min, m/h, fraction/day, units/h)
+    magnitude: float | None = None  # kind-specific size (drop fraction, level rise, skew s …)
+    will: bool = True  # offline: does the broker publish the device's will?
+    expect_case: bool | None = None  # override of the kind's default
+
+    @field_validator("at", "duration", mode="before")
+    @classmethod
+    def _duration(cls, v: object) -> object:
+        return None if v is None else _seconds(v)
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, v: str) -> str:
+        if v not in INCIDENT_KINDS:
+            raise ValueError(f"unknown incident kind {v!r}; known: {', '.join(INCIDENT_KINDS)}")
+        return v
+
+
+class FleetSpec(BaseModel):
+    """The city and its devices."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    districts: int = Field(default=5, ge=1, le=10)
+    grids: int = Field(default=80, ge=1, le=10_000)
+    devices: dict[str, int] | int = 10_000
+    intervals: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("intervals", mode="before")
+    @classmethod
+    def _intervals(cls, v: object) -> object:
+        if isinstance(v, dict):
+            return {k: _seconds(x) for k, x in v.items()}
+        return v
+
+
+class ScenarioHead(BaseModel):
+    """Name, seed and time span."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    description: str = ""
+    seed: int = 1
+    start: datetime | None = None
+    duration: float = 3600.0
+
+    @field_validator("duration", mode="before")
+    @classmethod
+    def _duration(cls, v: object) -> object:
+        return _seconds(v)
+
+
+class Scenario(BaseModel):
+    """A whole scenario file."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    scenario: ScenarioHead
+    fleet: FleetSpec = Field(default_factory=FleetSpec)
+    incident: list[IncidentSpec] = Field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        """The scenario's name."""
+        return self.scenario.name
+
+
+@dataclass(frozen=True, slots=True)
+class Truth:
+    """Ground truth of one incident as it was placed in the city."""
+
+    id: str
+    kind: str
+    category: Category
+    devices: tuple[str, ...]
+    grid: str
+    dma: str
+    start_s: float  # epoch seconds
+    end_s: float
+    reference_s: float  # detection time is measured from here (e.g. gas crossing 25 %LEL)
+    expect_case: bool
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def load_scenario(path: Path) -> Scenario:
+    """Read and validate a scenario file."""
+    try:
+        text = path.read_text("utf-8")
+    except OSError as exc:
+        raise ScenarioError(f"{path}: cannot read scenario: {exc}") from exc
+    return parse_scenario(text, source=str(path))
+
+
+def parse_scenario(text: str, *, source: str) -> Scenario:
+    """Parse scenario TOML; errors name ``source`` and the field."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"{source}: TOML syntax error: {exc}") from exc
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ScenarioError(f"{source}: field {where!r}: {first['msg']}") from exc
+
+
+def builtin_scenarios_dir() -> Path:
+    """Directory of the scenarios shipped with the package."""
+    return Path(str(resources.files("simulators").joinpath("scenarios")))
+
+
+def builtin_scenario(name: str) -> Path:
+    """Path of a shipped scenario by name (file stem)."""
+    path = builtin_scenarios_dir() / f"{name}.toml"
+    if not path.is_file():
+        known = sorted(p.stem for p in builtin_scenarios_dir().glob("*.toml"))
+        raise ScenarioError(f"no shipped scenario {name!r}; known: {', '.join(known)}")
+    return path

@@ -7,13 +7,20 @@ import signal
 from pathlib import Path
 from types import FrameType
 
+import aiomqtt
 import orjson
 
 from devices.registry import write_inventory
 from devices.topics import TopicScheme
 from lifeline.commands.common import CommandError, settings_from
+from lifeline.settings import Settings
+from simulators.city import write_city_inventory
+from simulators.errors import ScenarioError
 from simulators.fleet import make_fleet
 from simulators.publisher import Publisher, SimulationPlan
+from simulators.runner import RunnerOptions, run_fleet, stats_json
+from simulators.scenario import Scenario, builtin_scenario, load_scenario
+from simulators.stream import CityRun
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -33,6 +40,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--inventory", type=Path, default=None,
                    help="write the fleet inventory CSV here (for `devices.inventory`) and exit")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--scenario", default=None,
+                   help="run a scenario (shipped name or TOML file) with the aiomqtt fleet "
+                        "runner instead; --inventory then writes that city's inventory")
+    p.add_argument("--speed", type=float, default=1.0,
+                   help="scenario: simulated seconds per wall second (0: as fast as possible)")
+    p.add_argument("--mode", choices=("devices", "gateway"), default="devices",
+                   help="scenario: one MQTT connection per device (with its will), or one "
+                        "gateway connection publishing arrays")
     p.set_defaults(func=simulate_command)
 
 
@@ -41,6 +56,8 @@ def simulate_command(args: argparse.Namespace) -> int:
     if args.devices < 1 or args.rate <= 0 or (args.duration is not None and args.duration <= 0):
         raise CommandError("--devices, --rate and --duration must be positive", code=2)
     settings = settings_from(args)
+    if args.scenario:
+        return _run_scenario(args, settings)
     fleet = make_fleet(args.devices, args.seed)
     if args.inventory:
         write_inventory(args.inventory, fleet)
@@ -79,4 +96,40 @@ def simulate_command(args: argparse.Namespace) -> int:
     else:
         for key, value in summary.items():
             print(f"{key:>16}: {value}")
+    return 0
+
+
+def load_scenario_arg(value: str) -> Scenario:
+    """A scenario from a shipped name or a TOML file path."""
+    path = Path(value)
+    try:
+        return load_scenario(path if path.suffix == ".toml" else builtin_scenario(value))
+    except ScenarioError as exc:
+        raise CommandError(str(exc), code=2) from exc
+
+
+def _run_scenario(args: argparse.Namespace, settings: Settings) -> int:
+    scenario = load_scenario_arg(args.scenario)
+    if args.speed < 0:
+        raise CommandError("--speed must be >= 0", code=2)
+    try:
+        run = CityRun(scenario)
+    except ScenarioError as exc:
+        raise CommandError(str(exc), code=2) from exc
+    if args.inventory:
+        write_city_inventory(run.layout, args.inventory)
+        print(f"wrote {len(run.layout.devices)} devices to {args.inventory}")
+        return 0
+    options = RunnerOptions(host=settings.mqtt.host, port=settings.mqtt.port,
+                            prefix=settings.mqtt.prefix, speed=args.speed, mode=args.mode,
+                            qos=args.qos)
+    try:
+        stats = run_fleet(run, options)
+    except (OSError, aiomqtt.MqttError) as exc:
+        raise CommandError(
+            f"cannot reach MQTT broker {settings.mqtt.host}:{settings.mqtt.port}: {exc}", code=3
+        ) from exc
+    out = stats_json(stats)
+    print(out.decode() if args.json else orjson.dumps(orjson.loads(out),
+                                                      option=orjson.OPT_INDENT_2).decode())
     return 0

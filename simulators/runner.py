@@ -77,6 +77,7 @@ class FleetRunner:
         self._stacks: dict[str, contextlib.AsyncExitStack] = {}
         self._sem = asyncio.Semaphore(options.in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._task_client: dict[asyncio.Task[None], aiomqtt.Client] = {}
 
     def _client(self, client_id: str, will_topic: str | None) -> aiomqtt.Client:
         will = (aiomqtt.Will(will_topic, b"offline", qos=1, retain=True)
@@ -100,6 +101,10 @@ class FleetRunner:
         stack = self._stacks.pop(device_id, None)
         if client is None or stack is None:
             return
+        # What the device sent before its radio died has left it: let those complete.
+        mine = [t for t, c in self._task_client.items() if c is client]
+        if mine:
+            await asyncio.gather(*mine, return_exceptions=True)
         # A dead radio, not a clean close: shut the TCP connection down under paho so no
         # DISCONNECT is sent and the broker publishes the will. (shutdown, not close: the
         # event loop still watches the file descriptor.)
@@ -198,7 +203,12 @@ class FleetRunner:
             self._send(client, self.scheme.topic(device_id, kind), payload, readings,
                        kind, malformed, count))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._task_client[task] = client
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._task_client.pop(task, None)
 
     async def _send(self, client: aiomqtt.Client, topic: str, payload: bytes, readings: int,
                     kind: TopicKind, malformed: bool, count: int) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import logging
 import threading
 from collections.abc import Iterable, Iterator
@@ -11,11 +10,12 @@ from typing import Protocol
 
 from devices.catalogue import Catalogue
 from devices.errors import InventoryError
-from devices.model import Device, valid_device_id
+from devices.inventory import COLUMNS, read_file, write_csv
+from devices.model import Device
 
 log = logging.getLogger(__name__)
 
-INVENTORY_COLUMNS = ("id", "type", "grid", "district", "unit", "name")
+INVENTORY_COLUMNS = COLUMNS
 
 
 class DeviceLookup(Protocol):
@@ -49,51 +49,22 @@ class MemoryRegistry:
         return iter(list(self._devices.values()))
 
 
-def read_inventory(path: Path, catalogue: Catalogue) -> list[Device]:
-    """Read an inventory CSV (columns: id,type,grid,district,unit,name).
+def read_inventory(path: Path, catalogue: Catalogue, *,
+                   encoding: str = "utf-8-sig") -> list[Device]:
+    """Read an inventory file (CSV with a header, or ``.json``; see :mod:`devices.inventory`).
 
     Every bad row is reported (with its line number) in one error.
     """
-    try:
-        handle = path.open(newline="", encoding="utf-8")
-    except OSError as exc:
-        raise InventoryError(f"{path}: cannot read inventory: {exc}") from exc
-    devices: list[Device] = []
-    problems: list[str] = []
-    with handle:
-        reader = csv.DictReader(handle)
-        missing = {"id", "type"} - set(reader.fieldnames or ())
-        if missing:
-            raise InventoryError(f"{path}: missing columns: {', '.join(sorted(missing))}")
-        for row in reader:
-            line = reader.line_num
-            device_id = (row.get("id") or "").strip()
-            type_name = (row.get("type") or "").strip()
-            if not valid_device_id(device_id):
-                problems.append(f"line {line}: invalid device id {device_id!r}")
-                continue
-            if type_name not in catalogue:
-                problems.append(f"line {line}: unknown device type {type_name!r}")
-                continue
-            devices.append(
-                Device(
-                    id=device_id,
-                    type=type_name,
-                    grid=(row.get("grid") or "").strip(),
-                    district=(row.get("district") or "").strip(),
-                    unit=(row.get("unit") or "").strip(),
-                    name=(row.get("name") or "").strip(),
-                )
-            )
-    if problems:
-        raise InventoryError(f"{path}: {len(problems)} bad rows: " + "; ".join(problems[:20]))
-    return devices
+    parsed = read_file(path, catalogue, encoding=encoding)
+    if parsed.problems:
+        shown = "; ".join(str(p) for p in parsed.problems[:20])
+        more = len(parsed.problems) - 20
+        raise InventoryError(f"{path}: {len(parsed.problems)} bad rows: {shown}"
+                             + (f"; ... and {more} more" if more > 0 else ""))
+    return parsed.devices
 
 
 def write_inventory(path: Path, devices: Iterable[Device]) -> None:
     """Write devices as an inventory CSV that :func:`read_inventory` reads back."""
     with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(INVENTORY_COLUMNS)
-        for d in devices:
-            writer.writerow([d.id, d.type, d.grid, d.district, d.unit, d.name])
+        write_csv(handle, devices)

@@ -6,6 +6,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 from enum import IntFlag
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -20,13 +21,15 @@ class ReadingFlag(IntFlag):
     CONVERTED = 4  # converted from a device unit
 
 
-@dataclass(frozen=True, slots=True)
-class RawMessage:
-    """One MQTT message as the network thread saw it."""
+class RawMessage(NamedTuple):
+    """One MQTT message as the network thread saw it (a tuple: cheap to build there)."""
 
     topic: str
     payload: bytes
     received_at_ns: int
+    mid: int = 0  # MQTT packet id (QoS 1/2), for the manual acknowledgement
+    qos: int = 0
+    session: int = 0  # connection it arrived on: an ack is only valid on that one
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +76,7 @@ class RawBuffer:
     def append(self, message: RawMessage) -> None:
         """Called from the network thread: O(1), no decoding."""
         self._items.append(message)
-        if len(self._items) >= self._wake_at:
+        if len(self._items) >= self._wake_at and not self._ready.is_set():
             self._ready.set()
 
     def wait(self, timeout: float) -> None:

@@ -7,27 +7,34 @@ or a :class:`DeadLetter` with a reason (or both, when only part of it is bad).
 from __future__ import annotations
 
 import json
+import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-from devices.catalogue import Catalogue
+from devices.catalogue import Catalogue, MetricSpec
 from devices.events import DeviceEvent, EventType, LinkState, StatusUpdate
 from devices.model import Device
 from devices.registry import DeviceLookup
 from devices.series import SeriesTable
-from devices.topics import TopicKind, TopicScheme
+from devices.topics import DeviceTopic, TopicKind, TopicScheme
 from ingest.batch import Batch, RawMessage, ReadingFlag
 from ingest.deadletter import DeadLetter, Reason
 
+log = logging.getLogger(__name__)
+
 NS_PER_MS = 1_000_000
+_TS_MISSING = int(ReadingFlag.TS_MISSING)
+_CONVERTED = int(ReadingFlag.CONVERTED)
+_OUT_OF_RANGE = int(ReadingFlag.OUT_OF_RANGE)
 # Below this an epoch number is taken as seconds, not milliseconds (1973-03-03 in ms).
 _SECONDS_CUTOFF = 100_000_000_000
 _MAX_NS = 2**63 - 1
+_MAX_MS = _MAX_NS // NS_PER_MS
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +45,7 @@ class DecodeLimits:
     max_future_ns: int = 5 * 60 * 1_000_000_000
     max_past_ns: int = 30 * 24 * 3600 * 1_000_000_000
     max_readings_per_message: int = 10_000
+    dedup_window: int = 200_000  # remembered reading keys (0: no de-duplication)
 
 
 @dataclass(slots=True)
@@ -48,6 +56,7 @@ class DecodeResult:
     dead: list[DeadLetter] = field(default_factory=list)
     messages: int = 0
     readings: int = 0  # telemetry objects accepted (one InfluxDB point each)
+    duplicates: int = 0  # telemetry objects dropped as duplicates (QoS 1 redelivery, resends)
     events: list[DeviceEvent] = field(default_factory=list)
     statuses: list[StatusUpdate] = field(default_factory=list)
 
@@ -56,6 +65,44 @@ class _Reject(Exception):  # noqa: N818 - internal control flow, never escapes
     def __init__(self, reason: Reason, detail: str) -> None:
         self.reason = reason
         self.detail = detail
+
+
+class Deduplicator:
+    """Remembers recent reading keys (between ``capacity // 2`` and ``capacity``).
+
+    A reading with ``seq`` is a duplicate of an earlier one from the same device with
+    the same ``seq`` and the same ``ts`` as sent (a device that restarts its counter
+    sends new timestamps, so its readings are kept). A reading without ``seq`` is a
+    duplicate when device, ``ts`` and values are all equal; without ``ts`` there is
+    nothing to tell a resend from a new reading, so it is kept.
+    """
+
+    __slots__ = ("_current", "_half", "_previous")
+
+    def __init__(self, capacity: int) -> None:
+        # Two generations of sets: O(1) per key and no per-key eviction. The last
+        # ``capacity // 2`` keys are always remembered, at most ``capacity`` are.
+        self._half = max(1, capacity // 2)
+        self._current: set[object] = set()
+        self._previous: set[object] = set()
+
+    def seen(self, key: object) -> bool:
+        """True if ``key`` was seen; otherwise remember it and return False."""
+        current = self._current
+        if key in current or key in self._previous:
+            return True
+        current.add(key)
+        if len(current) >= self._half:
+            self._previous = current
+            self._current = set()
+        return False
+
+    def __len__(self) -> int:
+        return len(self._current) + len(self._previous)
+
+
+# Per device: the device object it was built for and {metric: (series id, spec)}.
+_MetricCache = tuple[Device, dict[str, tuple[int, MetricSpec]], Mapping[str, MetricSpec]]
 
 
 class Decoder:
@@ -74,6 +121,9 @@ class Decoder:
         self.catalogue = catalogue
         self.series = series
         self.limits = limits or DecodeLimits()
+        self.dedup = Deduplicator(self.limits.dedup_window) if self.limits.dedup_window else None
+        self._topics: dict[str, DeviceTopic | None] = {}
+        self._metric_cache: dict[str, _MetricCache] = {}
 
     def decode(self, messages: Sequence[RawMessage]) -> DecodeResult:
         """Decode ``messages``; never raises on message content."""
@@ -89,8 +139,38 @@ class Decoder:
                 result.dead.append(
                     DeadLetter(msg.topic, msg.payload, rej.reason, rej.detail, msg.received_at_ns)
                 )
+            except Exception as exc:  # a decoder bug must not stop ingestion or lose the message
+                log.exception("decoder error on topic %s", msg.topic[:200])
+                result.dead.append(
+                    DeadLetter(msg.topic, msg.payload, Reason.BAD_SHAPE,
+                               f"decoder error: {type(exc).__name__}: {str(exc)[:200]}",
+                               msg.received_at_ns)
+                )
         result.batch = Batch.from_lists(sid, ts, val, flg)
         return result
+
+    def _parse_topic(self, topic: str) -> DeviceTopic | None:
+        cache = self._topics
+        try:
+            return cache[topic]
+        except KeyError:
+            pass
+        parsed = self.scheme.parse(topic)
+        if len(cache) >= 200_000:
+            cache.clear()
+        cache[topic] = parsed
+        return parsed
+
+    def _metrics_for(self, device: Device) -> _MetricCache:
+        cached = self._metric_cache.get(device.id)
+        if cached is not None and cached[0] is device:
+            return cached
+        dtype = self.catalogue.types.get(device.type)
+        if dtype is None:
+            raise _Reject(Reason.UNKNOWN_DEVICE, f"device type {device.type!r} not in catalogue")
+        entry: _MetricCache = (device, {}, dtype.metrics)
+        self._metric_cache[device.id] = entry
+        return entry
 
     def _decode_one(
         self,
@@ -101,7 +181,7 @@ class Decoder:
         flg: list[int],
         result: DecodeResult,
     ) -> None:
-        parsed = self.scheme.parse(msg.topic)
+        parsed = self._parse_topic(msg.topic)
         if parsed is None:
             raise _Reject(Reason.BAD_TOPIC, "topic outside the scheme")
         if len(msg.payload) > self.limits.max_payload_bytes:
@@ -112,32 +192,48 @@ class Decoder:
         device = self.registry.get(parsed.device_id)
         if device is None:
             raise _Reject(Reason.UNKNOWN_DEVICE, f"device {parsed.device_id!r} not registered")
-        body = _loads(msg.payload, parsed.kind)
-        if parsed.kind is TopicKind.STATUS:
+        kind = parsed.kind
+        body = _loads(msg.payload, kind)
+        if kind is TopicKind.STATUS:
             result.statuses.append(_status(device, body, msg.received_at_ns))
             return
-        if parsed.kind is TopicKind.EVENT:
+        if kind is TopicKind.EVENT:
             result.events.append(self._event(device, body, msg.received_at_ns))
+            return
+        cache = self._metrics_for(device)
+        if type(body) is dict:
+            try:
+                accepted, bad = self._decode_object(body, cache, msg.received_at_ns,
+                                                    sid, ts, val, flg)
+            except _Reject as rej:
+                raise _Reject(rej.reason, f"[0] {rej.detail}") from None
+            if accepted < 0:
+                result.duplicates += 1
+            else:
+                result.readings += accepted
+            if bad:
+                raise _Reject(bad[0][0], "; ".join(f"[0] {d}" for _, d in bad[:10]))
             return
         objects = body if isinstance(body, list) else [body]
         if not objects:
             raise _Reject(Reason.BAD_SHAPE, "empty array")
         if len(objects) > self.limits.max_readings_per_message:
             raise _Reject(Reason.OVERSIZED, f"{len(objects)} readings in one message")
-        dtype = self.catalogue.types.get(device.type)
-        if dtype is None:
-            raise _Reject(Reason.UNKNOWN_DEVICE, f"device type {device.type!r} not in catalogue")
         problems: list[tuple[Reason, str]] = []
         for index, obj in enumerate(objects):
             try:
                 accepted, bad = self._decode_object(
-                    obj, device, msg.received_at_ns, sid, ts, val, flg
+                    obj, cache, msg.received_at_ns, sid, ts, val, flg
                 )
             except _Reject as rej:
                 problems.append((rej.reason, f"[{index}] {rej.detail}"))
                 continue
-            result.readings += accepted
-            problems.extend((reason, f"[{index}] {detail}") for reason, detail in bad)
+            if accepted < 0:
+                result.duplicates += 1
+            else:
+                result.readings += accepted
+            if bad:
+                problems.extend((reason, f"[{index}] {detail}") for reason, detail in bad)
         if problems:
             reason = problems[0][0]
             detail = "; ".join(d for _, d in problems[:10])
@@ -146,57 +242,88 @@ class Decoder:
     def _decode_object(
         self,
         obj: Any,
-        device: Device,
+        cache: _MetricCache,
         received_at_ns: int,
         sid: list[int],
         ts: list[int],
         val: list[float],
         flg: list[int],
-    ) -> tuple[int, list[tuple[Reason, str]]]:
-        bad: list[tuple[Reason, str]] = []
-        if not isinstance(obj, dict):
+    ) -> tuple[int, list[tuple[Reason, str]] | None]:
+        """Append the object's values; returns (1 accepted | 0 nothing | -1 duplicate, problems)."""
+        if type(obj) is not dict:
             raise _Reject(Reason.BAD_SHAPE, f"reading is {type(obj).__name__}, not an object")
         values = obj.get("values")
-        if not isinstance(values, dict) or not values:
+        if type(values) is not dict or not values:
             raise _Reject(Reason.BAD_SHAPE, "'values' must be a non-empty object")
-        flags = ReadingFlag.NONE
-        ts_ns = self._timestamp(obj.get("ts"), received_at_ns)
+        flags = 0
+        raw_ts = obj.get("ts")
+        ts_ns = self._timestamp(raw_ts, received_at_ns)
         if ts_ns is None:
             ts_ns = received_at_ns
-            flags |= ReadingFlag.TS_MISSING
+            flags = _TS_MISSING
         units = obj.get("units")
-        if units is not None and not isinstance(units, dict):
+        if units is not None and type(units) is not dict:
             raise _Reject(Reason.BAD_SHAPE, "'units' must be an object")
-        metrics = self.catalogue.types[device.type].metrics
+        device, specs, metrics = cache
+        dedup = self.dedup
+        if dedup is not None and (raw_ts is not None or "seq" in obj):
+            key = _dedup_key(device.id, obj.get("seq"), ts_ns if raw_ts is not None else None,
+                             values)
+            if key is not None and dedup.seen(key):
+                return -1, None
+        bad: list[tuple[Reason, str]] | None = None
         accepted = 0
         for name, raw in values.items():
-            spec = metrics.get(name)
-            if spec is None:
-                bad.append((Reason.UNKNOWN_METRIC, f"unknown metric {name[:64]!r}"))
-                continue
-            number = _number(raw)
-            if number is None:
-                bad.append((Reason.BAD_VALUE, f"{name}: not a number"))
-                continue
-            if not math.isfinite(number):
-                bad.append((Reason.NON_FINITE, f"{name}: {number}"))
-                continue
-            vflags = flags
-            unit = units.get(name) if units else None
-            if unit is not None:
-                factor = spec.factor(unit) if isinstance(unit, str) else None
-                if factor is None:
-                    bad.append((Reason.BAD_UNIT, f"{name}: unit {unit!r}"))
+            entry = specs.get(name)
+            if entry is None:
+                spec = metrics.get(name)
+                if spec is None:
+                    bad = bad or []
+                    bad.append((Reason.UNKNOWN_METRIC, f"unknown metric {name[:64]!r}"))
                     continue
-                if factor != 1.0:
-                    number *= factor
-                    vflags |= ReadingFlag.CONVERTED
+                entry = (self.series.id_for(device, name), spec)
+                specs[name] = entry
+            series_id, spec = entry
+            rtype = type(raw)
+            if rtype is float:
+                number = raw
+                if number - number != 0.0:  # NaN or +-Inf
+                    bad = bad or []
+                    bad.append((Reason.NON_FINITE, f"{name}: {number}"))
+                    continue
+            else:
+                maybe = _number(raw)
+                if maybe is None:
+                    bad = bad or []
+                    bad.append((Reason.BAD_VALUE, f"{name}: not a number"))
+                    continue
+                if not math.isfinite(maybe):
+                    bad = bad or []
+                    bad.append((Reason.NON_FINITE, f"{name}: {maybe}"))
+                    continue
+                number = maybe
+            vflags = flags
+            if units:
+                unit = units.get(name)
+                if unit is not None:
+                    factor = spec.factor(unit) if isinstance(unit, str) else None
+                    if factor is None:
+                        bad = bad or []
+                        bad.append((Reason.BAD_UNIT, f"{name}: unit {str(unit)[:32]!r}"))
+                        continue
+                    if factor != 1.0:
+                        number *= factor
+                        vflags |= _CONVERTED
+                        if not math.isfinite(number):
+                            bad = bad or []
+                            bad.append((Reason.NON_FINITE, f"{name}: {number} after conversion"))
+                            continue
             if not spec.low <= number <= spec.high:
-                vflags |= ReadingFlag.OUT_OF_RANGE
-            sid.append(self.series.id_for(device, name))
+                vflags |= _OUT_OF_RANGE
+            sid.append(series_id)
             ts.append(ts_ns)
             val.append(number)
-            flg.append(int(vflags))
+            flg.append(vflags)
             accepted = 1
         return accepted, bad
 
@@ -230,6 +357,13 @@ class Decoder:
     def _timestamp(self, raw: Any, received_at_ns: int) -> int | None:
         if raw is None:
             return None
+        if type(raw) is int and _SECONDS_CUTOFF <= raw < _MAX_MS:  # the common case: epoch ms
+            ts_ns = raw * NS_PER_MS
+            if ts_ns - received_at_ns > self.limits.max_future_ns:
+                raise _Reject(Reason.TS_FUTURE, f"ts {ts_ns} is too far in the future")
+            if received_at_ns - ts_ns > self.limits.max_past_ns:
+                raise _Reject(Reason.TS_PAST, f"ts {ts_ns} is too far in the past")
+            return ts_ns
         if isinstance(raw, bool):
             raise _Reject(Reason.BAD_TIMESTAMP, "ts is a boolean")
         if isinstance(raw, int | float):
@@ -254,6 +388,22 @@ class Decoder:
         if received_at_ns - ts_ns > self.limits.max_past_ns:
             raise _Reject(Reason.TS_PAST, f"ts {ts_ns} is too far in the past")
         return ts_ns
+
+
+def _dedup_key(device_id: str, seq: Any, ts_ns: int | None, values: dict[str, Any]) -> object:
+    """The key a resend of this reading would have; None when it cannot be told apart."""
+    if seq is not None:
+        if type(seq) is int or type(seq) is str:
+            return (device_id, seq, ts_ns)
+        return None
+    if ts_ns is None:
+        return None
+    key = (device_id, ts_ns, tuple(values.items()))
+    try:
+        hash(key)
+    except TypeError:  # lists or objects among the values: no cheap identity
+        return None
+    return key
 
 
 def _loads(payload: bytes, kind: TopicKind) -> Any:

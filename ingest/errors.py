@@ -12,9 +12,15 @@ class BrokerUnavailableError(IngestError):
 class WriteError(IngestError):
     """A write to the time-series database failed.
 
-    ``retryable`` says whether trying the same write again may succeed.
+    ``retryable`` says whether trying the same write again may succeed;
+    ``bad_lines`` that the server refused some of the lines themselves (HTTP 400),
+    so splitting the chunk lets the good lines land.
     """
 
-    def __init__(self, message: str, *, retryable: bool) -> None:
+    RETRY = "retry"
+    LINES = "lines"
+
+    def __init__(self, message: str, *, retryable: bool, bad_lines: bool = False) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.bad_lines = bad_lines

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import ssl
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ from ingest.batch import RawBuffer, RawMessage
 from ingest.errors import BrokerUnavailableError
 
 log = logging.getLogger(__name__)
+_SESSIONS = itertools.count(1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +43,7 @@ class MqttOptions:
     connect_timeout_s: float = 30.0
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 30.0
+    manual_ack: bool = True  # acknowledge QoS 1/2 only once stored, spooled or dead-lettered
 
 
 class MqttSubscriber:
@@ -62,6 +66,7 @@ class MqttSubscriber:
             client_id=options.client_id,
             protocol=protocol,
             clean_session=None if self._v5 else options.clean_start,
+            manual_ack=options.manual_ack,
         )
         if options.username:
             self.client.username_pw_set(options.username, options.password or None)
@@ -70,10 +75,18 @@ class MqttSubscriber:
             self.client.tls_set_context(ctx)
         self.client.reconnect_delay_set(int(options.reconnect_min_s), int(options.reconnect_max_s))
         self.client.max_inflight_messages_set(1000)
+        self.acked = 0
+        self.session = 0  # unique in the process per connection: acks are only valid on it
+        self.paused = False
+        self.deferred = 0  # QoS 1/2 messages left unacknowledged while paused (redelivered)
+        self.dropped_at_shutdown = 0
+        self.stale_acks = 0  # acks skipped: the connection they belong to is gone
         self.client.max_queued_messages_set(0)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
+        self.subscribed = threading.Event()  # set once the broker granted the subscriptions
 
     def start(self) -> None:
         """Connect (retrying with backoff up to ``connect_timeout_s``), then run the loop."""
@@ -112,8 +125,34 @@ class MqttSubscriber:
         else:
             self.client.connect(opts.host, opts.port, opts.keepalive_s)
 
+    def ack(self, messages: Sequence[RawMessage]) -> None:
+        """Acknowledge QoS 1/2 messages (in arrival order) once they are safe.
+
+        Messages from an earlier connection are not acknowledged: the broker
+        redelivers them on the new one and the decoder drops the duplicates.
+        """
+        if not self.options.manual_ack:
+            return
+        session = self.session
+        client = self.client
+        for m in messages:
+            if m.qos:
+                if m.session != session:
+                    self.stale_acks += 1
+                    continue
+                client.ack(m.mid, m.qos)
+                self.acked += 1
+
+    def pause(self) -> None:
+        """Stop taking messages: QoS 1/2 stay unacknowledged and the broker redelivers
+        them to the next session; QoS 0 ones are counted. The connection stays up for acks."""
+        self.paused = True
+
     def stop(self) -> None:
         """Disconnect and stop the network thread."""
+        if self.deferred or self.dropped_at_shutdown:
+            log.info("shutdown: %d QoS 1/2 messages left to the next session, %d QoS 0 "
+                     "messages not taken", self.deferred, self.dropped_at_shutdown)
         self.client.disconnect()
         self.client.loop_stop()
 
@@ -125,22 +164,43 @@ class MqttSubscriber:
             return
         self.connected = True
         self.connects += 1
+        self.session = next(_SESSIONS)
         log.info(
             "MQTT connected to %s:%d (session present: %s)",
             self.options.host, self.options.port, getattr(flags, "session_present", None),
         )
         client.subscribe([(t, self.options.qos) for t in self.topics])
 
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any
+    ) -> None:
+        failed = [r for r in reasons if getattr(r, "is_failure", False)]
+        if failed:
+            log.error("MQTT subscription refused for %s: %s", self.topics, failed)
+            return
+        self.subscribed.set()
+
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
     ) -> None:
         self.connected = False
+        self.session = 0  # acks of that connection are void: the broker redelivers
+        self.subscribed.clear()
         if reason.is_failure:
             log.warning("MQTT disconnected: %s; reconnecting", reason)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if self.paused:
+            if msg.qos == 1 and self.options.manual_ack:
+                self.deferred += 1  # unacknowledged: the broker redelivers it
+                return
+            if msg.qos == 0:
+                self.dropped_at_shutdown += 1  # at most once, arriving during the shutdown
+                return
+            # QoS 2: paho sent PUBREC on receipt, the broker will not send it again: keep it.
         try:
             topic = msg.topic
         except UnicodeDecodeError:  # brokers should refuse these; never crash if one does not
             topic = bytes(msg._topic).decode("utf-8", "replace")
-        self.buffer.append(RawMessage(topic, bytes(msg.payload), time.time_ns()))
+        self.buffer.append(RawMessage(topic, bytes(msg.payload), time.time_ns(), msg.mid, msg.qos,
+                                      self.session))

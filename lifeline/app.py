@@ -10,7 +10,13 @@ import uvicorn
 from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 
+from lifeline.api import alerts as alerts_api
+from lifeline.api import cases as cases_api
+from lifeline.api import deliveries as deliveries_api
+from lifeline.api import devices as devices_api
 from lifeline.api import health
+from lifeline.api import ingest as ingest_api
+from lifeline.api import rules as rules_api
 from lifeline.auth import TokenStore
 from lifeline.settings import Settings
 
@@ -28,6 +34,12 @@ def create_app(settings: Settings, engine: Engine,
     app.state.tokens = TokenStore(settings.api.tokens)
     app.state.ready_checks = dict(ready_checks or {})
     app.include_router(health.router)
+    app.include_router(devices_api.router)
+    app.include_router(ingest_api.router)
+    app.include_router(alerts_api.router)
+    app.include_router(cases_api.router)
+    app.include_router(deliveries_api.router)
+    app.include_router(rules_api.router)
     return app
 
 

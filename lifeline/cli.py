@@ -6,11 +6,26 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from lifeline.commands import bench, config, demo, dlq, serve, services, simulate, token
+from lifeline.commands import (
+    backtest,
+    bench,
+    config,
+    dashboards,
+    demo,
+    devices,
+    dlq,
+    evaluate,
+    report,
+    serve,
+    services,
+    simulate,
+    token,
+)
 from lifeline.commands.common import CommandError
 from lifeline.logs import setup_logging
 
-COMMANDS = (serve, simulate, demo, config, services, dlq, token, bench)
+COMMANDS = (serve, simulate, demo, config, services, dlq, token, bench, devices, backtest,
+            dashboards, report, evaluate)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,8 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config",
                         help="settings file (default: $LIFELINE_CONFIG, ./lifeline.toml)")
-    parser.add_argument("--log-level", default="INFO",
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-level", default=None,
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="default: the log_level setting (INFO)")
     sub = parser.add_subparsers(dest="command", required=True)
     for module in COMMANDS:
         module.register(sub)
@@ -31,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code."""
     args = build_parser().parse_args(argv)
+    args.log_level_given = args.log_level is not None
+    args.log_level = args.log_level or "INFO"
     setup_logging(args.log_level)
     try:
         code: int = args.func(args)

@@ -91,9 +91,11 @@ def migrate(engine: Engine, components: Mapping[str, Sequence[Migration]]) -> di
 
 def schema_components() -> dict[str, Sequence[Migration]]:
     """Every package's migrations, in dependency order."""
+    from alerts.schema import MIGRATIONS as ALERTS  # noqa: PLC0415 - avoid import cycles
+    from devices.store import MIGRATIONS as DEVICES  # noqa: PLC0415 - avoid import cycles
     from ingest.deadletter import MIGRATIONS as INGEST  # noqa: PLC0415 - avoid import cycles
 
-    return {"ingest": INGEST}
+    return {"devices": DEVICES, "ingest": INGEST, "alerts": ALERTS}
 
 
 def open_database(url: str) -> Engine:

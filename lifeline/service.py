@@ -2,29 +2,36 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from alerts.alerting import AlertStage
-from alerts.webhook import DeliveryWorker, HttpNotifier, WebhookEvent
 from devices.catalogue import Catalogue
-from devices.registry import MemoryRegistry, read_inventory
+from devices.registry import read_inventory
 from devices.series import SeriesTable
+from devices.store import CachedRegistry, DeviceStore
 from devices.topics import TopicKind, TopicScheme
-from ingest.batch import RawBuffer
-from ingest.deadletter import DeadLetterStore
+from ingest.batch import RawBuffer, RawMessage
+from ingest.deadletter import DeadLetter, DeadLetterStore, Reason
 from ingest.decode import DecodeLimits, Decoder
 from ingest.errors import WriteError
-from ingest.influx import InfluxV1Transport, InfluxWriter
+from ingest.influx import InfluxV1Transport, InfluxV2Transport, InfluxWriter
 from ingest.lineproto import batch_lines
+from ingest.metrics import IngestCollector, IngestCounters, ingest_line
+from ingest.spool import Spool
 from ingest.subscriber import MqttOptions, MqttSubscriber
+from lifeline.alerting import AlertsRuntime, TrackerStateView
 from lifeline.app import ApiServer, ReadyCheck, create_app
+from lifeline.dashboard_feed import DeviceInfoFeed, service_metrics_line
 from lifeline.db import open_database
+from lifeline.device_status import DeviceMonitor
 from lifeline.errors import LifelineError
 from lifeline.settings import Settings
 from rules.engine import RuleEngine
+from rules.errors import RulesError
 from rules.loader import load_rules
 from rules.model import parse_duration_ns
 
@@ -70,9 +77,12 @@ class Service:
         if settings.devices.catalogue:
             catalogue = Catalogue.load(settings.devices.catalogue, catalogue)
         self.catalogue = catalogue
-        devices = (read_inventory(settings.devices.inventory, catalogue)
-                   if settings.devices.inventory else [])
-        self.registry = MemoryRegistry(devices)
+        settings.run_dir.mkdir(parents=True, exist_ok=True)
+        self.db = open_database(settings.database_url)
+        self.device_store = DeviceStore(self.db)
+        if settings.devices.inventory:  # the inventory file is imported into the registry
+            self.device_store.upsert_many(read_inventory(settings.devices.inventory, catalogue))
+        self.registry = CachedRegistry(self.device_store)
         self.series = SeriesTable()
         self.scheme = TopicScheme(settings.mqtt.prefix)
         ing = settings.ingest
@@ -82,55 +92,103 @@ class Service:
                 max_payload_bytes=ing.max_payload_bytes,
                 max_future_ns=parse_duration_ns(ing.max_future),
                 max_past_ns=parse_duration_ns(ing.max_past),
+                dedup_window=ing.dedup_window,
             ),
         )
         self.rules = load_rules(settings.rules.paths)
-        self.engine = RuleEngine(self.rules, self.series)
-        settings.run_dir.mkdir(parents=True, exist_ok=True)
-        self.db = open_database(settings.database_url)
-        self.dead_letters = DeadLetterStore(self.db)
+        self.engine = RuleEngine(self.rules, self.series, timezone=settings.rules.timezone)
+        self.rules_state = (settings.run_dir / settings.rules.state_file
+                            if settings.rules.state_file else None)
+        self._rules_reload = threading.Event()
+        self._rules_tick_at = self._rules_save_at = time.monotonic()
+        self._restore_rule_state()
+        self.dead_letters = DeadLetterStore(self.db, max_rows=ing.dlq_max_rows)
         inf = settings.influx
-        if inf.version != 1:
-            raise StartupError("influx.version = 2 is not supported yet; use 1")
-        self.transport = InfluxV1Transport(
-            inf.url, inf.database, retention_policy=inf.retention_policy,
-            username=inf.username, password=inf.password.get_secret_value(), gzip_body=inf.gzip,
-        )
-        self.writer = InfluxWriter(self.transport, batch_lines=inf.batch_lines,
-                                   flush_interval=inf.flush_interval,
-                                   on_written=self._on_written)
-        self.delivery: DeliveryWorker | None = None
-        if settings.webhook.url:
-            self.delivery = DeliveryWorker(
-                HttpNotifier(settings.webhook.url, settings.webhook.secret.get_secret_value(),
-                             timeout=settings.webhook.timeout),
-                max_attempts=settings.webhook.max_attempts,
+        self.transport: InfluxV1Transport | InfluxV2Transport
+        if inf.version == 2:
+            self.transport = InfluxV2Transport(
+                inf.url, org=inf.org, bucket=inf.bucket, token=inf.token.get_secret_value(),
+                gzip_body=inf.gzip, timeout=inf.timeout)
+        else:
+            self.transport = InfluxV1Transport(
+                inf.url, inf.database, retention_policy=inf.retention_policy,
+                username=inf.username, password=inf.password.get_secret_value(),
+                gzip_body=inf.gzip, timeout=inf.timeout,
             )
-        self.alerts = AlertStage(self.registry, self._emit, self.writer.submit)
+        self.spool = Spool(ing.spool_dir or settings.run_dir / "spool", ing.spool_max_bytes,
+                           fsync=ing.spool_fsync)
+        self.writer = InfluxWriter(self.transport, batch_lines=inf.batch_lines,
+                                   flush_interval=inf.flush_interval, retries=inf.retries,
+                                   spool=self.spool, on_written=self._on_written,
+                                   on_rejected=self._on_rejected)
+        self.ingest = IngestCounters()
+        self.metrics = IngestCollector(self.ingest, self.writer.stats, self._ingest_gauges,
+                                       lambda: self.dead_letters.evicted)
+        self.alerts = AlertsRuntime(settings, self.db, self.registry, self.writer.submit)
+        self.devices = DeviceMonitor(self.device_store, self.registry, catalogue, self.series,
+                                     self.writer.submit, settings.devices, now_ns=time.time_ns())
+        self.alerts.use_device_state(TrackerStateView(self.devices.tracker))  # inhibition
+        self.device_info = DeviceInfoFeed(self.registry.__iter__, self.writer.submit)
         self.buffer = RawBuffer(wake_at=ing.batch_messages)
         self.subscriber = MqttSubscriber(
             mqtt_options(settings),
-            [self.scheme.subscription(TopicKind.TELEMETRY)],
+            [self.scheme.subscription(kind) for kind in TopicKind],
             self.buffer,
         )
         log.info("loaded %d devices, %d rules", len(self.registry), len(self.rules))
 
-    def _emit(self, event: WebhookEvent) -> None:
-        if self.delivery is not None:
-            self.delivery.enqueue(event)
-
     def _on_written(self, lines: int) -> None:
         self.stats.stored_lines += lines
+
+    def _on_rejected(self, lines: list[str], error: str) -> None:
+        """InfluxDB refused these lines as malformed: keep them as dead letters."""
+        now = time.time_ns()
+        self._store_dead([DeadLetter("influx:write", line.encode(), Reason.WRITE_REJECTED,
+                                     error, now) for line in lines])
+
+    def _store_dead(self, letters: list[DeadLetter]) -> None:
+        """Store dead letters, retrying while the database is away (holds the pipeline)."""
+        delay = 0.1
+        while True:
+            try:
+                self.stats.dead_lettered += self.dead_letters.add_many(letters)
+            except Exception as exc:  # database errors: never drop the letters
+                log.error("dead-letter store unavailable (%d letters waiting): %s",
+                          len(letters), exc)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            for dl in letters:
+                self.ingest.dead_by_reason[dl.reason.value] += 1
+            return
+
+    def _ingest_gauges(self) -> dict[str, float]:
+        return {
+            "raw_buffer": float(len(self.buffer)),
+            "writer_queue": float(self.writer.pending()),
+            "spool_chunks": float(len(self.spool)),
+            "spool_bytes": float(self.spool.bytes),
+            "influx_up": 1.0 if self.writer.influx_up else 0.0,
+            "mqtt_connected": 1.0 if self.subscriber.connected else 0.0,
+            "acked": float(self.subscriber.acked),
+        }
 
     def start(self) -> None:
         """Reach InfluxDB and the broker (with retries), then start the workers and API."""
         self._wait_for_influx()
+        self.dead_letters.reset_replays()
+        self.metrics.register()
         self.writer.start()
-        if self.delivery is not None:
-            self.delivery.start()
+        self.device_info.maybe_write()  # lifeline_device_info: map and variables of dashboards
+        self.alerts.start()
         self.subscriber.start()
         if self.settings.api.enabled:
             app = create_app(self.settings, self.db, self.ready_checks())
+            app.state.device_cache = self.registry  # the devices API refreshes it on changes
+            app.state.case_book = self.alerts.case_book()  # case actions write lifeline_case
+            app.state.outbox_wake = self.alerts.wake
+            app.state.rule_engine = self.engine  # GET /api/v1/rules
+            app.state.rules_reload = self.reload_rules  # POST /api/v1/rules/reload
             self.api = ApiServer(app, self.settings.api.host, self.settings.api.port)
             self.api.start()
 
@@ -169,7 +227,7 @@ class Service:
             attempt += 1
             try:
                 self.transport.ping()
-                if inf.create_database:
+                if inf.create_database and isinstance(self.transport, InfluxV1Transport):
                     self.transport.create_database()
                 return
             except WriteError as exc:
@@ -182,30 +240,65 @@ class Service:
                 time.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
-    def step(self) -> int:
-        """Decode and dispatch one batch from the buffer; returns messages handled."""
-        messages = self.buffer.drain(self.settings.ingest.batch_messages)
+    def step(self, replayed: list[RawMessage] | None = None,
+             on_durable: Callable[[], None] | None = None) -> int:
+        """Decode and dispatch one batch from the buffer (or ``replayed`` dead letters).
+
+        QoS 1/2 messages are acknowledged once their readings are in InfluxDB or the
+        spool and their dead letters are stored: the writer calls back in order.
+        """
+        messages = replayed or self.buffer.drain(self.settings.ingest.batch_messages)
         if not messages:
             return 0
         result = self.decoder.decode(messages)
         self.stats.received += result.messages
         self.stats.decoded_values += len(result.batch)
+        ing = self.ingest
+        ing.received += result.messages
+        ing.decoded += len(result.batch)
+        ing.readings += result.readings
+        ing.duplicates += result.duplicates
+        ing.events += len(result.events)
+        ing.statuses += len(result.statuses)
+        ing.observe_batch(result.messages)
         if result.dead:
-            self.stats.dead_lettered += self.dead_letters.add_many(result.dead)
-        self.writer.submit(batch_lines(result.batch, self.series))
+            self._store_dead(result.dead)
+        callback = on_durable
+        if callback is None and replayed is None:
+            acks = [m for m in messages if m.qos]
+            if acks:
+                callback = functools.partial(self.subscriber.ack, acks)
+        self.writer.submit(batch_lines(result.batch, self.series), callback)
         findings = self.engine.evaluate(result.batch)
         self.stats.findings += len(findings)
         if findings:
             self.alerts.process(findings)
+        device_findings = self.devices.process(result, time.time_ns())  # events, offline
+        if device_findings:
+            self.alerts.process(device_findings)
         return len(messages)
 
     def run(self, stop: threading.Event) -> None:
         """Process batches until ``stop`` is set, then drain and shut down."""
         interval = self.settings.ingest.flush_interval
         last_report = time.monotonic()
+        metrics_every = parse_duration_ns(self.settings.ingest.metrics_interval) / 1e9
+        last_metrics = last_replay = time.monotonic()
         while not stop.is_set():
             if self.step() == 0:
                 self.buffer.wait(interval)
+            now = time.monotonic()
+            if now - last_replay >= 1.0:
+                last_replay = now
+                self.replay_dead_letters()
+            tick_findings = self.devices.tick(self.subscriber.connected,
+                                              self.subscriber.connects, time.time_ns())
+            if tick_findings:
+                self.alerts.process(tick_findings)
+            self.rules_housekeeping(now)
+            if now - last_metrics >= metrics_every:
+                last_metrics = now
+                self.write_self_metrics()
             if time.monotonic() - last_report >= 10:
                 last_report = time.monotonic()
                 log.info("received=%d stored=%d dead=%d findings=%d buffered=%d",
@@ -213,16 +306,102 @@ class Service:
                          self.stats.dead_lettered, self.stats.findings, len(self.buffer))
         self.shutdown()
 
+    def request_rules_reload(self) -> None:
+        """Ask the run loop to reload the rule files (safe from a signal handler)."""
+        self._rules_reload.set()
+
+    def reload_rules(self) -> tuple[int, int]:
+        """Load the rule files again; unchanged rules keep their state. Returns (kept, new).
+
+        Raises RulesError (the running rules stay) when a file is invalid.
+        """
+        rules = load_rules(self.settings.rules.paths)
+        kept, new = self.engine.reload(rules)
+        self.rules = rules
+        return kept, new
+
+    def rules_housekeeping(self, now: float) -> None:
+        """Pending reload, time-driven rules (stale) and periodic state saves."""
+        if self._rules_reload.is_set():
+            self._rules_reload.clear()
+            try:
+                self.reload_rules()
+            except RulesError as exc:
+                log.error("rule reload failed, keeping the running rules: %s", exc)
+        rs = self.settings.rules
+        if now - self._rules_tick_at >= parse_duration_ns(rs.tick_interval) / 1e9:
+            self._rules_tick_at = now
+            findings = self.engine.tick(time.time_ns())
+            self.stats.findings += len(findings)
+            if findings:
+                self.alerts.process(findings)
+        if now - self._rules_save_at >= parse_duration_ns(rs.save_interval) / 1e9:
+            self._rules_save_at = now
+            self.save_rule_state()
+
+    def save_rule_state(self) -> None:
+        """Write the rule state to ``rules.state_file`` (errors are logged, not raised)."""
+        if self.rules_state is None:
+            return
+        try:
+            self.engine.save_state(self.rules_state)
+        except (OSError, RulesError) as exc:
+            log.error("cannot save rule state to %s: %s", self.rules_state, exc)
+
+    def _restore_rule_state(self) -> None:
+        if self.rules_state is None or not self.rules_state.exists():
+            return
+        try:
+            self.engine.restore_state(self.rules_state, self.registry.get, time.time_ns())
+        except RulesError as exc:
+            log.error("rule state not restored, starting from zero: %s", exc)
+
+    def replay_dead_letters(self) -> int:
+        """Feed dead letters marked for replay (CLI/API) through the decoder again."""
+        try:
+            letters = self.dead_letters.take_replays()
+        except Exception as exc:
+            log.error("cannot read dead letters to replay: %s", exc)
+            return 0
+        if not letters:
+            return 0
+        ids = [sl.id for sl in letters]
+        messages = [RawMessage(sl.letter.topic, sl.letter.payload, sl.letter.received_at_ns)
+                    for sl in letters]
+        store, ing = self.dead_letters, self.ingest
+
+        def done() -> None:
+            store.finish_replays(ids)
+            ing.dlq_replayed += len(ids)
+
+        log.info("replaying %d dead letters", len(ids))
+        self.step(messages, done)
+        return len(ids)
+
+    def write_self_metrics(self) -> None:
+        """One ``lifeline_ingest`` point with the counters and queue depths."""
+        self.writer.submit([ingest_line(self.ingest, self.writer.stats, self._ingest_gauges(),
+                                        self.dead_letters.evicted, time.time_ns(),
+                                        self.settings.mqtt.client_id)])
+        self.writer.submit([service_metrics_line(self.stats, len(self.rules), self.alerts.worker,
+                                                 self.settings.mqtt.client_id, time.time_ns())])
+        self.device_info.maybe_write()
+
     def shutdown(self) -> None:
-        """Stop receiving, process what was received, flush the writer and webhooks."""
+        """Stop taking QoS 1/2 messages, process what was received, flush the writer
+        (which acknowledges), then disconnect; webhooks last."""
         if self.api is not None:
             self.api.stop()
-        self.subscriber.stop()
+        self.subscriber.pause()
         while self.step():
             pass
+        self.save_rule_state()
+        self.write_self_metrics()
+        self.devices.flush()
+        self.alerts.stop()  # last clock tick, then webhooks that are due (bounded wait)
         self.writer.stop()
-        if self.delivery is not None:
-            self.delivery.stop()
+        self.subscriber.stop()
+        self.metrics.unregister()
         self.transport.close()
         log.info("stopped: received=%d stored=%d dead=%d findings=%d",
                  self.stats.received, self.stats.stored_lines, self.stats.dead_lettered,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+import zoneinfo
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -100,6 +101,8 @@ class InfluxSettings(_Section):
     batch_lines: int = Field(default=5000, ge=1, le=100_000)
     flush_interval: float = Field(default=0.2, gt=0, le=60)
     create_database: bool = True
+    timeout: float = Field(default=10.0, gt=0, le=300)
+    retries: int = Field(default=3, ge=0, le=100)
 
     @field_validator("url")
     @classmethod
@@ -107,6 +110,12 @@ class InfluxSettings(_Section):
         if not v.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _v2_needs_bucket(self) -> InfluxSettings:
+        if self.version == 2 and (not self.org or not self.bucket):
+            raise ValueError("org and bucket are required when version = 2")
+        return self
 
 
 class IngestSettings(_Section):
@@ -117,6 +126,12 @@ class IngestSettings(_Section):
     max_past: str = "30d"
     batch_messages: int = Field(default=5000, ge=1, le=1_000_000)
     flush_interval: float = Field(default=0.1, gt=0, le=10)
+    dedup_window: int = Field(default=200_000, ge=0, le=50_000_000)
+    spool_dir: Path | None = None
+    spool_max_bytes: int = Field(default=1 << 30, ge=1 << 20, le=1 << 40)
+    spool_fsync: bool = True
+    dlq_max_rows: int = Field(default=1_000_000, ge=100, le=100_000_000)
+    metrics_interval: str = "10s"
 
     @field_validator("max_future", "max_past")
     @classmethod
@@ -124,18 +139,69 @@ class IngestSettings(_Section):
         parse_duration_ns(v)
         return v
 
+    @field_validator("metrics_interval")
+    @classmethod
+    def _interval(cls, v: str) -> str:
+        if parse_duration_ns(v) < 1_000_000_000:
+            raise ValueError("must be at least 1s")
+        return v
+
 
 class DevicesSettings(_Section):
-    """Device registry sources."""
+    """Device registry sources and online/offline tracking."""
 
     inventory: Path | None = None
     catalogue: Path | None = None
+    holdoff: str = "60s"
+    will_grace: str = "2s"
+    check_interval: str = "5s"
+    refresh_interval: str = "30s"
+    mass_offline_fraction: float = Field(default=0.5, gt=0, le=1)
+    mass_offline_min: int = Field(default=10, ge=1, le=1_000_000)
+    offline_alerts: bool = True
+
+    @field_validator("holdoff", "will_grace", "check_interval", "refresh_interval")
+    @classmethod
+    def _duration(cls, v: str) -> str:
+        ns = parse_duration_ns(v)
+        if not 0 < ns <= 24 * 3600 * 1_000_000_000:
+            raise ValueError("must be > 0 and at most 1 day")
+        return v
 
 
 class RulesSettings(_Section):
-    """Rule files and directories."""
+    """Rule files and directories, rule state persistence, time zone of mnf windows."""
 
     paths: list[Path] = Field(default_factory=lambda: [builtin_rules_dir()])
+    timezone: str = "Asia/Shanghai"
+    state_file: str = "rules-state.npz"
+    tick_interval: str = "10s"
+    save_interval: str = "5m"
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, v: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(v)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {v!r} (use an IANA name, e.g. "
+                             "'Asia/Shanghai')") from exc
+        return v
+
+    @field_validator("state_file")
+    @classmethod
+    def _state_file(cls, v: str) -> str:
+        if v and (Path(v).is_absolute() or ".." in Path(v).parts):
+            raise ValueError("must be a file name relative to run_dir (or empty: no state)")
+        return v
+
+    @field_validator("tick_interval", "save_interval")
+    @classmethod
+    def _interval(cls, v: str) -> str:
+        ns = parse_duration_ns(v)
+        if not 1_000_000_000 <= ns <= 3600 * 1_000_000_000:
+            raise ValueError("must be between 1s and 1h")
+        return v
 
 
 class WebhookSettings(_Section):
@@ -145,15 +211,129 @@ class WebhookSettings(_Section):
     secret: SecretStr = SecretStr("")
     timeout: float = Field(default=5.0, gt=0, le=120)
     max_attempts: int = Field(default=10, ge=1, le=1000)
+    max_age: str = "24h"
+    base_delay: float = Field(default=0.5, gt=0, le=600)
+    max_delay: float = Field(default=300.0, gt=0, le=86400)
+    concurrency: int = Field(default=4, ge=1, le=64)
+    fallback_url: str = ""
+    fallback_after: str = "5m"
+    callback_window: str = "5m"
+
+    @field_validator("max_age", "fallback_after", "callback_window")
+    @classmethod
+    def _duration(cls, v: str) -> str:
+        if parse_duration_ns(v) <= 0:
+            raise ValueError("must be a positive duration")
+        return v
 
     @model_validator(mode="after")
     def _secret_required(self) -> WebhookSettings:
-        if self.url:
-            if not self.url.startswith(("http://", "https://")):
-                raise ValueError("url: must start with http:// or https://")
+        if self.url or self.fallback_url:
+            for key in ("url", "fallback_url"):
+                value = getattr(self, key)
+                if value and not value.startswith(("http://", "https://")):
+                    raise ValueError(f"{key}: must start with http:// or https://")
             if len(self.secret.get_secret_value()) < 16:
                 raise ValueError("secret: at least 16 characters are required when url is set")
+        if self.fallback_url and not self.url:
+            raise ValueError("fallback_url: needs url (the primary endpoint) too")
+        if self.max_delay < self.base_delay:
+            raise ValueError("max_delay: must be >= base_delay")
         return self
+
+
+_SEVERITIES = ("info", "warning", "minor", "major", "critical")
+SeverityName = Literal["info", "warning", "minor", "major", "critical"]
+
+
+class AlertsSettings(_Section):
+    """Alert lifecycle and noise control."""
+
+    pending_for: str = "0s"
+    reopen_window: str = "5m"
+    resolve_delay: str = "1m"
+    flap_window: str = "30m"
+    flap_threshold: int = Field(default=6, ge=2, le=1000)
+    tick_interval: float = Field(default=1.0, gt=0, le=60)
+
+    @field_validator("pending_for", "reopen_window", "resolve_delay", "flap_window")
+    @classmethod
+    def _duration(cls, v: str) -> str:
+        if parse_duration_ns(v) > 30 * 86400 * 10**9:
+            raise ValueError("must be at most 30d")
+        return v
+
+    @model_validator(mode="after")
+    def _flap(self) -> AlertsSettings:
+        if parse_duration_ns(self.flap_window) <= 0:
+            raise ValueError("flap_window: must be positive")
+        return self
+
+
+class RouteSettings(_Section):
+    """A routing table row: grid and device type (``*`` = any) → responsible unit."""
+
+    grid: str = Field(default="*", min_length=1, max_length=64)
+    device_type: str = Field(default="*", min_length=1, max_length=64)
+    unit: str = Field(min_length=1, max_length=128)
+
+
+class DeadlineSettings(_Section):
+    """Per-stage deadlines; empty = no deadline for that stage."""
+
+    registration: str = ""
+    dispatch: str = ""
+    handle: str = ""
+    verify: str = ""
+
+    @field_validator("registration", "dispatch", "handle", "verify")
+    @classmethod
+    def _duration(cls, v: str) -> str:
+        if v and parse_duration_ns(v) <= 0:
+            raise ValueError("must be a positive duration or empty")
+        return v
+
+
+def _default_deadlines() -> dict[str, DeadlineSettings]:
+    return {
+        "critical": DeadlineSettings(registration="5m", dispatch="5m", handle="1h", verify="1h"),
+        "major": DeadlineSettings(registration="15m", dispatch="30m", handle="4h", verify="4h"),
+        "minor": DeadlineSettings(registration="1h", dispatch="2h", handle="24h", verify="24h"),
+        "warning": DeadlineSettings(registration="4h", dispatch="8h", handle="72h", verify="72h"),
+    }
+
+
+class CasesSettings(_Section):
+    """Case workflow: creation, grouping, routing, deadlines, verification, KPIs."""
+
+    auto_register_severity: SeverityName = "major"
+    min_severity: SeverityName = "warning"
+    group_window: str = "10m"
+    default_unit: str = Field(default="城市运行管理中心", min_length=1, max_length=128)
+    routing: list[RouteSettings] = Field(default_factory=list)
+    deadlines: dict[str, DeadlineSettings] = Field(default_factory=_default_deadlines)
+    verify_after: str = "5m"
+    auto_verify: bool = True
+    auto_close: bool = True
+    redispatch_on_return: bool = True
+    kpi_interval: str = "1m"
+    kpi_period: str = "24h"
+
+    @field_validator("group_window", "verify_after", "kpi_interval", "kpi_period")
+    @classmethod
+    def _duration(cls, v: str) -> str:
+        if parse_duration_ns(v) <= 0:
+            raise ValueError("must be a positive duration")
+        return v
+
+    @field_validator("deadlines")
+    @classmethod
+    def _keys(cls, v: dict[str, DeadlineSettings]) -> dict[str, DeadlineSettings]:
+        for key in v:
+            severity = key.rsplit("/", 1)[-1]
+            if severity not in _SEVERITIES:
+                raise ValueError(f"key {key!r}: use a severity or 'device_type/severity'")
+        return v
 
 
 class DatabaseSettings(_Section):
@@ -186,6 +366,34 @@ class ApiSettings(_Section):
     tokens: list[ApiToken] = Field(default_factory=list)
 
 
+class GrafanaSettings(_Section):
+    """Where ``lifeline dashboards push`` sends the dashboards, and how they are set up."""
+
+    url: str = ""
+    token: SecretStr = SecretStr("")
+    folder: str = Field(default="citylifeline", max_length=128)
+    datasource_name: str = Field(default="lifeline InfluxDB", min_length=1, max_length=128)
+    datasource_uid: str = Field(default="lifeline-influxdb", pattern=r"^[A-Za-z0-9_-]{1,40}$")
+    timezone: str = "Asia/Shanghai"
+    timeout: float = Field(default=10.0, gt=0, le=300)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if v and not v.startswith(("http://", "https://")):
+            raise ValueError("must be empty or start with http:// or https://")
+        return v.rstrip("/")
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(v)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {v!r}") from exc
+        return v
+
+
 class Settings(BaseSettings):
     """Every setting of the service."""
 
@@ -198,14 +406,18 @@ class Settings(BaseSettings):
 
     run_dir: Path = Path("run")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
     influx: InfluxSettings = Field(default_factory=InfluxSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     devices: DevicesSettings = Field(default_factory=DevicesSettings)
     rules: RulesSettings = Field(default_factory=RulesSettings)
     webhook: WebhookSettings = Field(default_factory=WebhookSettings)
+    alerts: AlertsSettings = Field(default_factory=AlertsSettings)
+    cases: CasesSettings = Field(default_factory=CasesSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    grafana: GrafanaSettings = Field(default_factory=GrafanaSettings)
 
     @property
     def database_url(self) -> str:
@@ -288,3 +500,23 @@ def masked(settings: Settings) -> dict[str, Any]:
 
     result: dict[str, Any] = walk(data, settings)
     return result
+
+
+def secret_values(settings: BaseModel) -> list[str]:
+    """Every non-empty secret in the settings (for log redaction)."""
+    found: list[str] = []
+
+    def walk(model: BaseModel) -> None:
+        for name in type(model).model_fields:
+            value = getattr(model, name)
+            if isinstance(value, SecretStr) and value.get_secret_value():
+                found.append(value.get_secret_value())
+            elif isinstance(value, BaseModel):
+                walk(value)
+            elif isinstance(value, list):
+                for item in value:
+                    if isinstance(item, BaseModel):
+                        walk(item)
+
+    walk(settings)
+    return found

@@ -1,106 +1,427 @@
-"""The rule engine: whole batches in, findings (transitions) out."""
+"""The rule engine: whole batches in, findings (transitions) out.
+
+Order of readings: within a batch each series' readings are evaluated in time
+order, whatever order they arrived in. A reading whose time is not after the last
+evaluated reading of its series from an earlier batch is *late*: it is stored by
+ingest like any other reading but not evaluated, because per-series rule state
+moves forward in time only — a late reading can neither rewind ``for``/EWMA/
+baseline state nor produce a transition dated before one already sent. Late
+readings and duplicates (a time already seen) are counted (``RuleEngine.late``).
+"""
 
 from __future__ import annotations
 
 import fnmatch
+import json
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from devices.model import Device
 from devices.series import SeriesTable
-from rules.model import Finding, FindingState, Readings, Rule
-from rules.threshold import ThresholdState, threshold_kernel
+from rules import kernels as k
+from rules.composite import CompositeTracker
+from rules.errors import RulesError
+from rules.model import (
+    CompositeRule,
+    Finding,
+    FindingState,
+    FlatlineRule,
+    MnfRule,
+    RateRule,
+    Readings,
+    Rule,
+    StaleRule,
+    ThresholdRule,
+    ZscoreRule,
+    rule_fingerprint,
+)
 
 log = logging.getLogger(__name__)
 
+I64 = npt.NDArray[np.int64]
+B = npt.NDArray[np.bool_]
+STATE_VERSION = 1
 
-def in_order_rows(series: npt.NDArray[np.int64], ts: npt.NDArray[np.int64],
-                  last_ts: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-    """Rows (sorted by series, then arrival) that are newer than everything before them.
 
-    A reading is evaluated only if its time is after every earlier reading of its
-    series (earlier batches via ``last_ts``, earlier rows of this batch by arrival).
-    Late readings are stored but never rewind rule state.
+def in_order_rows(series: I64, ts: I64, last_ts: I64) -> I64:
+    """Rows to evaluate, sorted by series and then time.
+
+    Within a batch each series' rows are put in time order (a gateway's array may
+    arrive in any order); a row is kept if its time is after the series' last
+    evaluated time from earlier batches (``last_ts``) and not equal to another
+    row's time in the batch (the first to arrive wins).
     """
     n = series.shape[0]
     if n == 0:
         return np.empty(0, dtype=np.int64)
-    order = np.argsort(series, kind="stable")
+    order = k.stable_order(series)
     s, t = series[order], ts[order]
     starts = np.ones(n, dtype=np.bool_)
     starts[1:] = s[1:] != s[:-1]
-    seg = np.cumsum(starts) - 1
-    _, rank = np.unique(t, return_inverse=True)
-    key = seg * n + rank.astype(np.int64)
-    prev_max = np.empty(n, dtype=np.int64)
-    prev_max[0] = -1
-    prev_max[1:] = np.maximum.accumulate(key)[:-1]
-    newer_in_batch = starts | (key > prev_max)
-    keep = newer_in_batch & (t > last_ts[s])
-    rows: npt.NDArray[np.int64] = order[keep]
+    if bool(np.all(starts[1:] | (t[1:] > t[:-1]))):  # already in time order
+        keep = t > last_ts[s]
+    else:
+        order = np.lexsort((ts, series))  # stable: equal times keep arrival order
+        s, t = series[order], ts[order]
+        first = np.ones(n, dtype=np.bool_)  # first row of each (series, time)
+        first[1:] = (s[1:] != s[:-1]) | (t[1:] != t[:-1])
+        keep = first & (t > last_ts[s])
+    rows: I64 = order[keep]
     return rows
+
+
+def state_fields(rule: Rule) -> dict[str, tuple[Any, Any, int]]:
+    """The per-series arrays a rule of this kind keeps."""
+    if isinstance(rule, ThresholdRule):
+        return k.THRESHOLD_FIELDS
+    if isinstance(rule, RateRule):
+        return k.RATE_FIELDS
+    if isinstance(rule, FlatlineRule):
+        return k.FLATLINE_FIELDS
+    if isinstance(rule, ZscoreRule):
+        return k.zscore_fields(rule)
+    if isinstance(rule, StaleRule):
+        return k.STALE_FIELDS
+    if isinstance(rule, MnfRule):
+        return k.mnf_fields(rule)
+    return {}
+
+
+@dataclass
+class _Slot:
+    """One loaded rule with its state and per-series applicability / limits."""
+
+    rule: Rule
+    fingerprint: str
+    state: k.SeriesState
+    applies: B = field(default_factory=lambda: np.zeros(0, dtype=np.bool_))
+    limit: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
+    clear: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
+    tracker: CompositeTracker | None = None
+
+
+def device_limits(rule: ThresholdRule, device: Device, metric: str) -> tuple[float, float]:
+    """(limit, clear) of ``rule`` for one device: its own limit wins, band width kept."""
+    _, limit, clear = k.threshold_limits(rule)
+    if rule.limit is not None:
+        own = device.limits.get(metric, {}).get(rule.limit)
+        if own is not None:
+            return float(own), float(own) + (clear - limit)
+    return limit, clear
 
 
 class RuleEngine:
     """Evaluates rules on batches; keeps per-(series, rule) state in numpy arrays."""
 
-    def __init__(self, rules: Sequence[Rule], series: SeriesTable) -> None:
-        self.rules = list(rules)
+    def __init__(self, rules: Sequence[Rule], series: SeriesTable, *,
+                 timezone: str = "Asia/Shanghai") -> None:
         self.series = series
-        self._states = [ThresholdState.sized(1024) for _ in self.rules]
-        self._applies = [np.zeros(0, dtype=np.bool_) for _ in self.rules]
+        self.timezone = timezone
+        self.last_ts = np.zeros(0, dtype=np.int64)
         self.evaluated = 0
+        self.late = 0
+        self.reloads = 0
+        self._lock = threading.RLock()
+        self._match: dict[tuple[int, str, str], bool] = {}
+        self._slots: list[_Slot] = []
+        self._dev_ref: list[Device] = list(series.devices)
+        self._install(rules, {})
 
-    def _applicability(self, index: int) -> npt.NDArray[np.bool_]:
-        """Which series rule ``index`` applies to (extended as new series appear)."""
-        have = self._applies[index]
+    @property
+    def rules(self) -> list[Rule]:
+        """The loaded rules, in file order."""
+        return [slot.rule for slot in self._slots]
+
+    def _install(self, rules: Sequence[Rule], old: dict[str, _Slot]) -> tuple[int, int]:
+        ids = {r.id for r in rules}
+        for rule in rules:
+            if isinstance(rule, CompositeRule):
+                for c in rule.components:
+                    if c not in ids or c == rule.id:
+                        raise RulesError(f"rule {rule.id!r}: field 'all'/'any': unknown rule {c!r}")
+        slots, kept = [], 0
+        for rule in rules:
+            fp = rule_fingerprint(rule)
+            slot = old.pop(fp, None)
+            if slot is not None:
+                kept += 1
+                slot.limit = np.zeros(0)  # device limits are recomputed
+                slot.applies = np.zeros(0, dtype=np.bool_)
+            else:
+                slot = _Slot(rule, fp, k.SeriesState(state_fields(rule)))
+                if isinstance(rule, CompositeRule):
+                    slot.tracker = CompositeTracker(rule)
+            slots.append(slot)
+        self._slots = slots
+        self._match.clear()
+        return kept, len(slots) - kept
+
+    def reload(self, rules: Sequence[Rule]) -> tuple[int, int]:
+        """Replace the rules; unchanged rules keep their state. Returns (kept, new)."""
+        with self._lock:
+            old = {slot.fingerprint: slot for slot in self._slots}
+            kept, new = self._install(rules, old)
+            self.reloads += 1
+        log.info("rules reloaded: %d kept with state, %d new or changed", kept, new)
+        return kept, new
+
+    def refresh_devices(self) -> None:
+        """Recompute applicability and device limits (after the registry changed)."""
+        with self._lock:
+            for slot in self._slots:
+                slot.applies = np.zeros(0, dtype=np.bool_)
+                slot.limit = np.zeros(0)
+            self._match.clear()
+
+    def _sync(self, index: int) -> _Slot:
+        """Extend the slot's applicability and limits to series created since."""
+        slot = self._slots[index]
         total = len(self.series)
-        if have.shape[0] < total:
-            rule = self.rules[index]
-            extra = np.array(
-                [
-                    (not rule.device_types or self.series.devices[s].type in rule.device_types)
-                    and fnmatch.fnmatchcase(self.series.metrics[s], rule.metric)
-                    for s in range(have.shape[0], total)
-                ],
-                dtype=np.bool_,
-            )
-            have = np.concatenate([have, extra])
-            self._applies[index] = have
-        return have
+        have = slot.applies.shape[0]
+        if have < total:
+            rule = slot.rule
+            extra = np.zeros(total - have, dtype=np.bool_)
+            for i, sid in enumerate(range(have, total)):
+                dev, metric = self.series.devices[sid], self.series.metrics[sid]
+                key = (index, dev.type, metric)
+                hit = self._match.get(key)
+                if hit is None:
+                    hit = ((not rule.device_types or dev.type in rule.device_types)
+                           and fnmatch.fnmatchcase(metric, rule.metric))
+                    self._match[key] = hit
+                extra[i] = hit
+            slot.applies = np.concatenate([slot.applies, extra])
+        if isinstance(slot.rule, ThresholdRule) and slot.limit.shape[0] < total:
+            start = slot.limit.shape[0]
+            pairs = [device_limits(slot.rule, self.series.devices[s], self.series.metrics[s])
+                     for s in range(start, total)]
+            slot.limit = np.concatenate([slot.limit, np.array([p[0] for p in pairs])])
+            slot.clear = np.concatenate([slot.clear, np.array([p[1] for p in pairs])])
+        slot.state.grow(total)
+        return slot
 
     def evaluate(self, batch: Readings) -> list[Finding]:
         """Evaluate every rule on ``batch``; returns transitions in time order."""
-        findings: list[Finding] = []
-        if batch.series.shape[0] == 0:
-            return findings
-        self.evaluated += int(batch.series.shape[0])
-        for index, rule in enumerate(self.rules):
-            applies = self._applicability(index)
-            mask = applies[batch.series]
-            if not mask.any():
-                continue
-            series, ts, value = batch.series[mask], batch.ts_ns[mask], batch.value[mask]
-            state = self._states[index]
-            state.grow(len(self.series))
-            rows = in_order_rows(series, ts, state.last_ts)
-            s, t, v = series[rows], ts[rows], value[rows]
-            changed, firing = threshold_kernel(rule, state, s, t, v)
-            for row, fire in zip(changed.tolist(), firing.tolist(), strict=True):
-                sid = int(s[row])
-                device = self.series.devices[sid]
-                findings.append(
-                    Finding(
-                        rule_id=rule.id,
-                        device_id=device.id,
-                        metric=self.series.metrics[sid],
-                        state=FindingState.FIRING if fire else FindingState.RESOLVED,
-                        severity=rule.severity,
-                        ts_ns=int(t[row]),
-                        value=float(v[row]),
-                    )
-                )
-        findings.sort(key=lambda f: f.ts_ns)
-        return findings
+        n = int(batch.series.shape[0])
+        if n == 0:
+            return []
+        with self._lock:
+            self._grow_last_ts(len(self.series))
+            rows = in_order_rows(batch.series, batch.ts_ns, self.last_ts)
+            self.evaluated += n
+            self.late += n - rows.shape[0]
+            s, t, v = batch.series[rows], batch.ts_ns[rows], batch.value[rows]
+            if s.shape[0] == 0:
+                return []
+            seg_end = np.ones(s.shape[0], dtype=np.bool_)
+            seg_end[:-1] = s[1:] != s[:-1]
+            self.last_ts[s[seg_end]] = t[seg_end]
+            number = ~np.isnan(v)
+            all_numbers = bool(number.all())
+            parts: list[tuple[int, I64, k.Transitions]] = []
+            for index in range(len(self._slots)):
+                rule = self._slots[index].rule
+                if isinstance(rule, CompositeRule):
+                    continue
+                slot = self._sync(index)
+                mask = slot.applies[s]
+                if not isinstance(rule, ThresholdRule | StaleRule) and not all_numbers:
+                    mask &= number
+                if mask.all():
+                    ms, mt, mv = s, t, v
+                elif mask.any():
+                    ms, mt, mv = s[mask], t[mask], v[mask]
+                else:
+                    continue
+                with np.errstate(all="ignore"):  # huge z or rates are findings, not errors
+                    tr = self._kernel(slot, ms, mt, mv)
+                if tr.rows.shape[0]:
+                    parts.append((index, ms[tr.rows], tr))
+            return self._findings(parts)
+
+    def _grow_last_ts(self, total: int) -> None:
+        have = self.last_ts.shape[0]
+        if have < total:
+            grow = max(total, 2 * have) - have
+            self.last_ts = np.concatenate(
+                [self.last_ts, np.full(grow, np.iinfo(np.int64).min, np.int64)])
+
+    def _kernel(self, slot: _Slot, s: I64, t: I64, v: npt.NDArray[np.float64]
+                ) -> k.Transitions:
+        rule, st = slot.rule, slot.state
+        if isinstance(rule, ThresholdRule):
+            return k.threshold_kernel(rule, st, s, t, v, slot.limit, slot.clear)
+        if isinstance(rule, RateRule):
+            return k.rate_kernel(rule, st, s, t, v)
+        if isinstance(rule, FlatlineRule):
+            return k.flatline_kernel(rule, st, s, t, v)
+        if isinstance(rule, ZscoreRule):
+            return k.zscore_kernel(rule, st, s, t, v)
+        if isinstance(rule, StaleRule):
+            return k.stale_kernel(rule, st, s, t, v)
+        assert isinstance(rule, MnfRule)
+        return k.mnf_kernel(rule, st, s, t, v, self.timezone)
+
+    def _devices_changed(self) -> None:
+        """Series whose device the registry replaced get their applicability and limits
+        recomputed (a device's own limits may have changed)."""
+        devs = self.series.devices
+        n = min(len(self._dev_ref), len(devs))
+        changed = [i for i in range(n) if devs[i] is not self._dev_ref[i]]
+        self._dev_ref = list(devs)
+        if not changed:
+            return
+        self._match.clear()
+        for slot in self._slots:
+            rule = slot.rule
+            for sid in changed:
+                dev, metric = devs[sid], self.series.metrics[sid]
+                if sid < slot.applies.shape[0]:
+                    slot.applies[sid] = ((not rule.device_types or dev.type in rule.device_types)
+                                         and fnmatch.fnmatchcase(metric, rule.metric))
+                if isinstance(rule, ThresholdRule) and sid < slot.limit.shape[0]:
+                    slot.limit[sid], slot.clear[sid] = device_limits(rule, dev, metric)
+        log.info("device changes: rule applicability and limits refreshed for %d series",
+                 len(changed))
+
+    def tick(self, now_ns: int) -> list[Finding]:
+        """Time-driven evaluation: ``stale`` rules fire for series silent since ``after``.
+
+        Also picks up devices the registry replaced (new limits, type, grid).
+        """
+        with self._lock:
+            self._devices_changed()
+            parts: list[tuple[int, I64, k.Transitions]] = []
+            for index, slot in enumerate(self._slots):
+                if isinstance(slot.rule, StaleRule):
+                    self._sync(index)
+                    tr = k.stale_tick(slot.rule, slot.state, slot.applies, now_ns)
+                    if tr.rows.shape[0]:
+                        parts.append((index, tr.rows, tr))
+            return self._findings(parts)
+
+    def _findings(self, parts: list[tuple[int, I64, k.Transitions]]) -> list[Finding]:
+        if not parts:
+            return []
+        idx = np.concatenate([np.full(p[1].shape[0], p[0], np.int64) for p in parts])
+        sid = np.concatenate([p[1] for p in parts])
+        fire = np.concatenate([p[2].fire for p in parts])
+        ts = np.concatenate([p[2].ts for p in parts])
+        val = np.concatenate([p[2].value for p in parts])
+        order = np.lexsort((~fire, sid, idx, ts))
+        out: list[Finding] = []
+        trackers = [slot.tracker for slot in self._slots if slot.tracker is not None]
+        devices, metrics, slots = self.series.devices, self.series.metrics, self._slots
+        firing, resolved = FindingState.FIRING, FindingState.RESOLVED
+        for i, s_id, f_on, t_ns, value in zip(
+                idx[order].tolist(), sid[order].tolist(), fire[order].tolist(),
+                ts[order].tolist(), val[order].tolist(), strict=True):
+            rule = slots[i].rule
+            dev = devices[s_id]
+            f = Finding(rule.id, dev.id, metrics[s_id], firing if f_on else resolved,
+                        rule.severity, t_ns, value)
+            out.append(f)
+            for tracker in trackers:
+                c = tracker.feed(f, dev)
+                if c is not None:
+                    out.append(c)
+        return out
+
+    # ------------------------------------------------------------ persistence
+
+    def save_state(self, path: Path) -> None:
+        """Write every rule's per-series state (keyed by device and metric) atomically."""
+        with self._lock:
+            keys = [[d.id, m] for d, m in zip(self.series.devices, self.series.metrics,
+                                              strict=True)]
+            self._grow_last_ts(len(keys))
+            for index, slot in enumerate(self._slots):
+                if slot.tracker is None:
+                    self._sync(index)
+            arrays: dict[str, Any] = {"last_ts": self.last_ts[: len(keys)]}
+            meta: dict[str, Any] = {"version": STATE_VERSION, "series": keys, "rules": []}
+            for i, slot in enumerate(self._slots):
+                entry: dict[str, Any] = {"fingerprint": slot.fingerprint, "id": slot.rule.id}
+                if slot.tracker is not None:
+                    entry["composite"] = slot.tracker.dump()
+                meta["rules"].append(entry)
+                for name, arr in slot.state.arrays.items():
+                    arrays[f"r{i}.{name}"] = arr[: len(keys)]
+            arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+        tmp = path.with_name(path.name + ".tmp")
+        with tmp.open("wb") as fh:
+            np.savez(fh, **arrays)
+        tmp.replace(path)
+        log.info("rule state saved to %s: %d series, %d rules", path, len(keys),
+                 len(self._slots))
+
+    def restore_state(self, path: Path, lookup: Callable[[str], Device | None],
+                      now_ns: int | None = None) -> int:
+        """Load state written by :meth:`save_state` for rules that are unchanged.
+
+        ``lookup`` finds devices by id (the registry); series of unknown devices are
+        dropped. With ``now_ns`` (a service start), ``stale`` rules measure silence
+        from then: the service's own downtime is not the devices' fault. Returns the
+        number of series restored.
+        """
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                meta = json.loads(bytes(data["meta"]).decode())
+                if meta.get("version") != STATE_VERSION:
+                    raise RulesError(f"{path}: unsupported state version {meta.get('version')}")
+                arrays = {name: data[name] for name in data.files if name != "meta"}
+        except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+            raise RulesError(f"{path}: cannot read rule state: {exc}") from exc
+        with self._lock:
+            old_ids, new_ids = [], []
+            for i, (device_id, metric) in enumerate(meta["series"]):
+                dev = lookup(str(device_id))
+                if dev is not None:
+                    old_ids.append(i)
+                    new_ids.append(self.series.id_for(dev, str(metric)))
+            src = np.array(old_ids, dtype=np.int64)
+            dst = np.array(new_ids, dtype=np.int64)
+            total = len(self.series)
+            self._grow_last_ts(total)
+            self.last_ts[dst] = np.maximum(self.last_ts[dst], arrays["last_ts"][src])
+            by_fp = {e["fingerprint"]: (i, e) for i, e in enumerate(meta["rules"])}
+            for slot in self._slots:
+                found = by_fp.get(slot.fingerprint)
+                if found is None:
+                    continue
+                i, entry = found
+                slot.state.grow(total)
+                for name, arr in slot.state.arrays.items():
+                    saved = arrays.get(f"r{i}.{name}")
+                    if saved is not None and saved.shape[1:] == arr.shape[1:]:
+                        arr[dst] = saved[src]
+                if slot.tracker is not None and "composite" in entry:
+                    slot.tracker.load(entry["composite"])
+                if isinstance(slot.rule, StaleRule) and now_ns is not None:
+                    seen = slot.state["seen"][dst]
+                    last_t = slot.state["last_t"]
+                    last_t[dst[seen]] = np.maximum(last_t[dst[seen]], now_ns)
+        log.info("rule state restored from %s: %d series", path, len(new_ids))
+        return len(new_ids)
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Each rule with the number of series it applies to and is firing for."""
+        with self._lock:
+            out = []
+            for index, slot in enumerate(self._slots):
+                if slot.tracker is None:
+                    self._sync(index)
+                firing = (int(slot.state["firing"].sum()) if "firing" in slot.state.arrays
+                          else sum(sc.firing is not None
+                                   for sc in (slot.tracker.scopes.values()
+                                              if slot.tracker else [])))
+                out.append({"rule": slot.rule, "series": int(slot.applies.sum()),
+                            "firing": firing})
+            return out

@@ -10,10 +10,27 @@ from typing import Any
 from pydantic import ValidationError
 
 from rules.errors import RuleFileError
-from rules.model import Rule, ThresholdRule
+from rules.model import (
+    CompositeRule,
+    FlatlineRule,
+    MnfRule,
+    RateRule,
+    Rule,
+    StaleRule,
+    ThresholdRule,
+    ZscoreRule,
+)
 
-KINDS: dict[str, type[Rule]] = {"threshold": ThresholdRule}
-PLANNED_KINDS = ("rate", "zscore", "flatline", "stale", "mnf", "composite")
+KINDS: dict[str, type[Rule]] = {
+    "threshold": ThresholdRule,
+    "rate": RateRule,
+    "zscore": ZscoreRule,
+    "flatline": FlatlineRule,
+    "stale": StaleRule,
+    "mnf": MnfRule,
+    "composite": CompositeRule,
+}
+MAX_RULE_FILE_BYTES = 1_000_000
 
 
 def load_rules(paths: Iterable[Path]) -> list[Rule]:
@@ -22,6 +39,8 @@ def load_rules(paths: Iterable[Path]) -> list[Rule]:
     seen: dict[str, Path] = {}
     for path in paths:
         files = sorted(path.glob("*.toml")) if path.is_dir() else [path]
+        if path.is_dir() and not files:
+            raise RuleFileError(f"{path}: no *.toml rule files in this directory")
         for file in files:
             for rule in load_rule_file(file):
                 if rule.id in seen:
@@ -30,12 +49,25 @@ def load_rules(paths: Iterable[Path]) -> list[Rule]:
                     )
                 seen[rule.id] = file
                 rules.append(rule)
+    for rule in rules:
+        if isinstance(rule, CompositeRule):
+            for component in rule.components:
+                target = next((r for r in rules if r.id == component), None)
+                field = "all" if rule.all else "any"
+                if target is None or target.id == rule.id:
+                    raise RuleFileError(f"{seen[rule.id]}: rule {rule.id!r}: field {field!r}: "
+                                        f"unknown rule {component!r}")
+                if isinstance(target, CompositeRule):
+                    raise RuleFileError(f"{seen[rule.id]}: rule {rule.id!r}: field {field!r}: "
+                                        f"{component!r} is itself a composite")
     return rules
 
 
 def load_rule_file(path: Path) -> list[Rule]:
     """Load one rule file."""
     try:
+        if path.stat().st_size > MAX_RULE_FILE_BYTES:
+            raise RuleFileError(f"{path}: rule file larger than {MAX_RULE_FILE_BYTES} bytes")
         text = path.read_text("utf-8")
     except FileNotFoundError as exc:
         raise RuleFileError(f"{path}: rule file not found") from exc
@@ -72,5 +104,9 @@ def _parse_rule(entry: Any, index: int, source: str) -> Rule:
         return model.model_validate(entry)
     except ValidationError as exc:
         first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "rule"
+        loc = [str(p) for p in first["loc"]]
+        field = ".".join(loc) or "rule"
+        if first["type"] == "extra_forbidden":
+            raise RuleFileError(f"{where}: field {field!r}: unknown key") from exc
         raise RuleFileError(f"{where}: field {field!r}: {first['msg']}") from exc
+

@@ -171,6 +171,7 @@ def generate_city(
                 grid=grid.code,
                 district=grid.district,
                 unit=f"{unit}-{grid.district}",
+                dma=grid.dma,
                 name=f"{dtype.replace('_', ' ')} {grid.code} #{i}",
             )
             placed.append(SimDevice(

@@ -13,7 +13,7 @@ from simulators.scenario import Truth
 
 # Targets of the shipped rules (issue: simulators and scenarios).
 DETECT_WITHIN_S = {"gas_leak": 60.0, "gas_rupture": 60.0, "main_burst": 120.0,
-                   "background_leak": 3 * 86_400.0, "blocked_drain": 3600.0}
+                   "background_leak": 3 * 86_400.0}
 MAX_FALSE_CASES_PER_1000_DEVICE_DAYS = 1.0
 # How long after an incident ends a finding or case still counts as about it.
 GRACE_S = 1800.0

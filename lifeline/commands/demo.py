@@ -1,7 +1,8 @@
 """``lifeline demo``: the whole loop on embedded defaults, with live progress.
 
 Starts private Mosquitto and InfluxDB, ``lifeline serve``, the simulator and a
-built-in webhook receiver; prints progress, then a summary; stops everything.
+simulated dispatch system (receives the webhooks, calls back); prints progress,
+then a summary; stops everything.
 """
 
 from __future__ import annotations
@@ -20,14 +21,15 @@ from types import FrameType
 
 import httpx
 
+from alerts.kpi import compute
 from devices.registry import write_inventory
 from devices.topics import TopicScheme
 from ingest.deadletter import DeadLetterStore
 from lifeline.commands.common import CommandError
 from lifeline.db import open_database
-from lifeline.harness import Harness, HarnessError
+from lifeline.harness import Harness, HarnessError, free_port
 from lifeline.influxquery import count_values
-from lifeline.receiver import WebhookReceiver
+from simulators.dispatch import DispatchPlan, DispatchSimulator
 from simulators.fleet import make_fleet
 from simulators.publisher import Publisher, SimulationPlan
 
@@ -47,14 +49,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _write_config(path: Path, run_dir: Path, mqtt_port: int, influx_url: str,
-                  inventory: Path, hook_url: str, secret: str) -> None:
+                  inventory: Path, hook_url: str, secret: str, api_port: int) -> None:
     path.write_text(
         f'run_dir = "{run_dir}"\n'
         f'[mqtt]\nport = {mqtt_port}\nclient_id = "lifeline-demo"\n'
         f'[influx]\nurl = "{influx_url}"\ndatabase = "lifeline"\n'
         f'[devices]\ninventory = "{inventory}"\n'
         f'[webhook]\nurl = "{hook_url}"\nsecret = "{secret}"\n'
-        f'[api]\nenabled = false\n',
+        f'[api]\nenabled = true\nport = {api_port}\n'
+        f'[alerts]\ntick_interval = 0.5\n'
+        f'[cases]\nverify_after = "10s"\nkpi_interval = "5s"\n',
         encoding="utf-8",
     )
 
@@ -66,7 +70,12 @@ def demo_command(args: argparse.Namespace) -> int:
     run_dir: Path = args.run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     harness = Harness(run_dir / "services")
-    receiver = WebhookReceiver(secrets.token_hex(16)).start()
+    api_port = free_port()
+    # the simulated dispatch system: receives the webhooks and drives cases by callbacks
+    receiver = DispatchSimulator(
+        secrets.token_hex(16), f"http://127.0.0.1:{api_port}",
+        DispatchPlan(accept_after_s=2.0, handle_after_s=5.0, return_rate=0.2, late_rate=0.2,
+                     late_extra_s=5.0)).start()
     serve: subprocess.Popen[bytes] | None = None
     stop = threading.Event()
 
@@ -89,7 +98,7 @@ def demo_command(args: argparse.Namespace) -> int:
         db_path = run_dir / "lifeline.db"
         db_path.unlink(missing_ok=True)
         _write_config(config, run_dir, mqtt.port, influx.url, inventory, receiver.url,
-                      receiver.secret)
+                      receiver.secret, api_port)
         serve_log = (run_dir / "serve.log").open("wb")
         env = {k: v for k, v in os.environ.items() if not k.startswith("LIFELINE_")}
         serve = subprocess.Popen(
@@ -97,7 +106,10 @@ def demo_command(args: argparse.Namespace) -> int:
             stdout=serve_log, stderr=subprocess.STDOUT, env=env,
         )
         print(f"serve started (pid {serve.pid}, log {run_dir / 'serve.log'})", flush=True)
-        time.sleep(1.5)
+        ready_by = time.monotonic() + 60  # publish only once serve has subscribed
+        while (time.monotonic() < ready_by and serve.poll() is None
+               and b"serving:" not in (run_dir / "serve.log").read_bytes()):
+            time.sleep(0.2)
         if serve.poll() is not None:
             raise CommandError(f"serve exited early; see {run_dir / 'serve.log'}", code=3)
         drift = next(d.id for d in fleet if d.type == "gas_alarm")
@@ -121,7 +133,7 @@ def demo_command(args: argparse.Namespace) -> int:
         serve.send_signal(signal.SIGTERM)
         serve.wait(timeout=60)
         _progress(started, pub, influx.url, receiver, dead)
-        _summary(pub, influx.url, receiver, dead)
+        _summary(pub, influx.url, receiver, dead, f"sqlite:///{db_path}")
         return 0
     finally:
         if serve is not None and serve.poll() is None:
@@ -129,7 +141,7 @@ def demo_command(args: argparse.Namespace) -> int:
             serve.wait()
         receiver.stop()
         stopped = harness.down()
-        print(f"stopped: serve, webhook receiver, {', '.join(stopped) or 'no services'}",
+        print(f"stopped: serve, simulated dispatch, {', '.join(stopped) or 'no services'}",
               flush=True)
 
 
@@ -144,7 +156,7 @@ def _stored_all(url: str, published: int) -> bool:
     return _stored(url) >= published
 
 
-def _progress(started: float, pub: Publisher, url: str, receiver: WebhookReceiver,
+def _progress(started: float, pub: Publisher, url: str, receiver: DispatchSimulator,
               dead: DeadLetterStore) -> None:
     elapsed = time.monotonic() - started
     res = pub.result
@@ -157,8 +169,28 @@ def _progress(started: float, pub: Publisher, url: str, receiver: WebhookReceive
     )
 
 
-def _summary(pub: Publisher, url: str, receiver: WebhookReceiver,
-             dead: DeadLetterStore) -> None:
+def _kpi_rows(db_url: str) -> list[tuple[str, str]]:
+    """KPIs of every case of the run, from the service database."""
+    (kpi,) = compute(open_database(db_url), 0, time.time_ns() + 1) or (None,)
+    if kpi is None:
+        return []
+
+    def pct(value: float | None) -> str:
+        return "-" if value is None else f"{value:.0%}"
+
+    def secs(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1f} s"
+
+    return [("处置率 disposal rate (handled / registered)", pct(kpi.disposal_rate)),
+            ("按期处置率 on-time rate", pct(kpi.on_time_rate)),
+            ("结案率 close rate", pct(kpi.close_rate)),
+            ("返工率 rework rate", pct(kpi.rework_rate)),
+            ("mean time to dispatch / handle", f"{secs(kpi.mean_dispatch_s)} / "
+                                               f"{secs(kpi.mean_handle_s)}")]
+
+
+def _summary(pub: Publisher, url: str, receiver: DispatchSimulator,
+             dead: DeadLetterStore, db_url: str) -> None:
     res = pub.result
     rows = [
         ("devices simulated", f"{len(pub.plan.devices):,}"),
@@ -170,7 +202,14 @@ def _summary(pub: Publisher, url: str, receiver: WebhookReceiver,
         ("alerts raised (alert.firing)", f"{len(receiver.events('alert.firing')):,}"),
         ("alerts resolved (alert.resolved)", f"{len(receiver.events('alert.resolved')):,}"),
         ("webhooks received (signature valid)", f"{len(receiver.events()):,}"),
-        ("webhooks with a bad signature", f"{receiver.log.bad_signatures:,}"),
+        ("webhooks with a bad signature", f"{receiver.stats.bad_signatures:,}"),
+        ("cases reported (case.reported)", f"{len(receiver.events('case.reported')):,}"),
+        ("cases dispatched (case.dispatched)", f"{len(receiver.events('case.dispatched')):,}"),
+        ("cases accepted by the simulated dispatch", f"{receiver.stats.accepted:,}"),
+        ("cases handled by the simulated dispatch", f"{receiver.stats.handled:,}"),
+        ("cases returned by the simulated dispatch", f"{receiver.stats.returned:,}"),
+        ("cases closed (case.closed)", f"{len(receiver.events('case.closed')):,}"),
+        *_kpi_rows(db_url),
     ]
     width = max(len(k) for k, _ in rows)
     print()

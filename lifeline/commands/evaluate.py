@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def setup_from(settings: Settings) -> EvaluationSetup:
     """The rules and alert/case settings the service itself would use."""
-    from lifeline.service import alert_configs  # noqa: PLC0415 - heavy import, only here
+    from lifeline.alerting import alert_configs  # noqa: PLC0415 - heavy import, only here
 
     alert_config, case_config = alert_configs(settings)
     return EvaluationSetup(rule_paths=list(settings.rules.paths), alert_config=alert_config,

@@ -12,7 +12,9 @@ from devices.errors import DevicesError
 from ingest.errors import IngestError
 from lifeline.commands.common import CommandError, settings_from
 from lifeline.db import DatabaseError
+from lifeline.logs import setup_logging
 from lifeline.service import Service, StartupError
+from lifeline.settings import secret_values
 from rules.errors import RulesError
 
 log = logging.getLogger(__name__)
@@ -27,6 +29,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def serve_command(args: argparse.Namespace) -> int:
     """Build the service from settings, start it, run until a signal."""
     settings = settings_from(args)
+    setup_logging(args.log_level if args.log_level_given else settings.log_level,
+                  settings.log_format, secret_values(settings))
     try:
         service = Service(settings)
         service.start()
@@ -38,8 +42,13 @@ def serve_command(args: argparse.Namespace) -> int:
         log.info("signal %s: shutting down", signal.Signals(signum).name)
         stop.set()
 
+    def on_hangup(signum: int, frame: FrameType | None) -> None:
+        log.info("SIGHUP: reloading rule files")
+        service.request_rules_reload()
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hangup)
     log.info("serving: mqtt %s:%d prefix %r, influx %s db %s",
              settings.mqtt.host, settings.mqtt.port, settings.mqtt.prefix,
              settings.influx.url, settings.influx.database)

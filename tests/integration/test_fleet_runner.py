@@ -1,4 +1,4 @@
-"""The aiomqtt fleet runner against a real Mosquitto: what it publishes is what the broker delivers."""
+"""The aiomqtt fleet runner against a real Mosquitto: published = delivered by the broker."""
 
 from __future__ import annotations
 

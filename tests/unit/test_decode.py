@@ -219,3 +219,73 @@ def test_bad_events_and_statuses_are_dead_lettered(payload: object, topic: str,
     res = make_decoder().decode([msg(payload, topic=f"lifeline/gas-1/{topic}")])
     assert [d.reason for d in res.dead] == [reason]
     assert res.events == [] and res.statuses == []
+
+
+def test_duplicates_by_seq_are_dropped_and_counted() -> None:
+    dec = make_decoder()
+    first = msg({"ts": NOW_MS, "seq": 7, "values": {"lel": 1.0}})
+    res = dec.decode([first, first])  # QoS 1 redelivery of the same message
+    assert res.batch.value.tolist() == [1.0]
+    assert (res.readings, res.duplicates, res.dead) == (1, 1, [])
+    again = dec.decode([first])  # a later batch: still remembered
+    assert (len(again.batch), again.duplicates) == (0, 1)
+    # The same seq with another ts is a device that restarted its counter: kept.
+    restarted = dec.decode([msg({"ts": NOW_MS + 5, "seq": 7, "values": {"lel": 2.0}})])
+    assert (restarted.batch.value.tolist(), restarted.duplicates) == ([2.0], 0)
+    # Another device may use the same seq and ts.
+    other = dec.decode([msg({"ts": NOW_MS, "seq": 7, "values": {"pressure": 0.3}},
+                            topic="lifeline/wp-1/telemetry")])
+    assert (len(other.batch), other.duplicates) == (1, 0)
+
+
+def test_duplicates_without_seq_need_same_ts_and_values() -> None:
+    dec = make_decoder()
+    res = dec.decode([
+        msg({"ts": NOW_MS, "values": {"lel": 1.0}}),
+        msg({"ts": NOW_MS, "values": {"lel": 1.0}}),  # duplicate
+        msg({"ts": NOW_MS, "values": {"lel": 1.5}}),  # same time, other value: kept
+        msg({"values": {"lel": 1.0}}),  # no ts: cannot tell, kept (flagged)
+        msg({"values": {"lel": 1.0}}),
+    ])
+    assert res.batch.value.tolist() == [1.0, 1.5, 1.0, 1.0]
+    assert res.duplicates == 1
+
+
+def test_duplicates_inside_a_backfill_array_and_late_readings() -> None:
+    dec = make_decoder()
+    backfill = [{"ts": NOW_MS - 60_000 * i, "seq": 100 - i, "values": {"lel": float(i)}}
+                for i in range(5)]
+    res = dec.decode([msg(backfill), msg([*backfill[1:3], backfill[0]])])
+    assert res.duplicates == 3 and res.readings == 5
+    # Late and out-of-order readings keep their own timestamps.
+    assert res.batch.ts_ns.tolist() == [(NOW_MS - 60_000 * i) * 1_000_000 for i in range(5)]
+
+
+def test_dedup_can_be_switched_off() -> None:
+    dec = make_decoder(DecodeLimits(dedup_window=0))
+    first = msg({"ts": NOW_MS, "seq": 1, "values": {"lel": 1.0}})
+    res = dec.decode([first, first])
+    assert (len(res.batch), res.duplicates) == (2, 0)
+
+
+def test_unhashable_values_are_not_deduplicated_but_still_judged() -> None:
+    res = make_decoder().decode([msg({"ts": NOW_MS, "values": {"lel": [1, 2]}})] * 2)
+    assert [d.reason for d in res.dead] == [Reason.BAD_VALUE, Reason.BAD_VALUE]
+
+
+@settings(max_examples=200, deadline=None)
+@given(docs=st.lists(readings | st.lists(readings, max_size=3), min_size=1, max_size=6))
+def test_every_message_is_accepted_duplicate_or_dead_lettered(docs: list[object]) -> None:
+    """Accounting over a stream with repeats (as QoS 1 redelivery makes): per message,
+    something is stored, or it is a counted duplicate, or it is dead-lettered."""
+    dec = make_decoder()
+    for doc in docs + docs[:2]:
+        try:
+            payload = orjson.dumps(doc)
+        except TypeError:
+            continue
+        res = dec.decode([RawMessage("lifeline/gas-1/telemetry", payload, NOW_NS)])
+        assert len(res.dead) <= 1
+        assert res.readings + res.duplicates > 0 or len(res.dead) == 1
+        assert (len(res.batch) > 0) == (res.readings > 0)
+        assert all(math.isfinite(v) for v in res.batch.value.tolist())

@@ -65,3 +65,124 @@ def test_missing_file_and_duplicate_ids(tmp_path: Path) -> None:
     (tmp_path / "two.toml").write_text(body)
     with pytest.raises(RuleFileError, match="duplicate id"):
         load_rules([tmp_path])
+
+
+R = '[[rule]]\nid = "a"\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # rate
+        (R + 'kind = "rate"\nmetric = "p"\n', "exactly one of 'max_rise' or 'max_drop'"),
+        (R + 'kind = "rate"\nmetric = "p"\nmax_rise = -1\n', "field 'max_rise'"),
+        (R + 'kind = "rate"\nmetric = "p"\nmax_drop = 1\nper = "0s"\n', "field 'per'"),
+        (R + 'kind = "rate"\nmetric = "p"\nmax_drop = 1\nclear = 2\n', "hysteresis"),
+        (R + 'kind = "rate"\nmetric = "p"\nmax_drop = 1\nwindow = "1 fortnight"\n',
+         "field 'window'"),
+        # zscore
+        (R + 'kind = "zscore"\nmetric = "p"\nz = 0\n', "field 'z'"),
+        (R + 'kind = "zscore"\nmetric = "p"\nhalflife = "soon"\n', "field 'halflife'"),
+        (R + 'kind = "zscore"\nmetric = "p"\nhalflife = 0\n', "field 'halflife'"),
+        (R + 'kind = "zscore"\nmetric = "p"\nmin_samples = 1\n', "field 'min_samples'"),
+        (R + 'kind = "zscore"\nmetric = "p"\nz = 3\nclear = 4\n', "hysteresis"),
+        (R + 'kind = "zscore"\nmetric = "p"\ndirection = "sideways"\n', "field 'direction'"),
+        (R + 'kind = "zscore"\nmetric = "p"\nrobust = true\nwindow = 2\n', "field 'window'"),
+        (R + 'kind = "zscore"\nmetric = "p"\nz = nan\n', "field 'z'"),
+        # flatline
+        (R + 'kind = "flatline"\nmetric = "p"\ntolerance = -0.1\n', "field 'tolerance'"),
+        (R + 'kind = "flatline"\nmetric = "p"\nwindow = "0s"\n', "field 'window'"),
+        (R + 'kind = "flatline"\nmetric = "p"\nrelative_tolerance = 2\n',
+         "field 'relative_tolerance'"),
+        # stale
+        (R + 'kind = "stale"\n', "field 'after'"),
+        (R + 'kind = "stale"\nafter = "1h"\nfor = "1m"\n', "do not apply to stale"),
+        # mnf
+        (R + 'kind = "mnf"\nmetric = "flow"\nwindow = "04:00-02:00"\n', "field 'window'"),
+        (R + 'kind = "mnf"\nmetric = "flow"\nwindow = "2am"\n', "field 'window'"),
+        (R + 'kind = "mnf"\nmetric = "flow"\nbaseline_days = 1\n', "field 'baseline_days'"),
+        (R + 'kind = "mnf"\nmetric = "flow"\nbaseline_days = 3\nmin_days = 5\n', "min_days"),
+        (R + 'kind = "mnf"\nmetric = "flow"\nincrease = 0\n', "field 'increase'"),
+        # composite
+        (R + 'kind = "composite"\n', "exactly one of 'all' or 'any'"),
+        (R + 'kind = "composite"\nall = ["x"]\nany = ["y"]\n', "exactly one of 'all' or 'any'"),
+        (R + 'kind = "composite"\nall = ["x"]\nscope = "city"\n', "field 'scope'"),
+        (R + 'kind = "composite"\nall = ["x"]\nfor = "1m"\n', "do not apply to composite"),
+        (R + 'kind = "composite"\nall = ["x"]\nmin_count = 2\n', "only to 'any'"),
+        # shared fields and unknown keys
+        (R + 'kind = "zscore"\nmetric = "p"\nzz = 3\n', "field 'zz': unknown key"),
+        (R + 'kind = "mnf"\nmetric = "flow"\nbaseline = 7\n', "field 'baseline': unknown key"),
+        (R + 'metric = "p"\nabove = 1\nkeep_firing_for = "-1s"\n', "field 'keep_firing_for'"),
+        (R + 'metric = "p"\nabove = 1\nlimit = "max"\n', "field 'limit'"),
+        (R + 'metric = "p"\nabove = inf\n', "field 'above'"),
+        (R + 'metric = "p"\nabove = 1\nfor = "99999d"\n', "field 'for'"),
+        (R + 'kind = 7\nmetric = "p"\n', "unknown kind 7"),
+        ('[[rule]]\nid = ""\nmetric = "p"\nabove = 1\n', "field 'id'"),
+        (R + 'metric = ""\nabove = 1\n', "field 'metric'"),
+    ],
+)
+def test_every_kind_validates_with_file_rule_and_field(text: str, expected: str) -> None:
+    with pytest.raises(RuleFileError) as info:
+        parse_rules(text, source="site.toml")
+    message = str(info.value)
+    assert message.startswith("site.toml: rule ")
+    assert expected in message
+
+
+def test_composite_references_are_checked_across_files(tmp_path: Path) -> None:
+    (tmp_path / "a.toml").write_text('[[rule]]\nid = "drop"\nkind = "rate"\nmetric = "p"\n'
+                                     'max_drop = 0.1\n')
+    (tmp_path / "b.toml").write_text('[[rule]]\nid = "burst"\nkind = "composite"\n'
+                                     'all = ["drop", "surge"]\n')
+    with pytest.raises(RuleFileError) as info:
+        load_rules([tmp_path])
+    assert str(info.value) == (f"{tmp_path / 'b.toml'}: rule 'burst': field 'all': "
+                               "unknown rule 'surge'")
+    (tmp_path / "c.toml").write_text('[[rule]]\nid = "surge"\nkind = "composite"\n'
+                                     'any = ["drop"]\n')
+    with pytest.raises(RuleFileError, match="'surge' is itself a composite"):
+        load_rules([tmp_path])
+    (tmp_path / "c.toml").write_text('[[rule]]\nid = "surge"\nkind = "zscore"\nmetric = "f"\n')
+    assert [r.id for r in load_rules([tmp_path])] == ["drop", "burst", "surge"]
+
+
+def test_empty_directory_oversized_and_binary_files(tmp_path: Path) -> None:
+    with pytest.raises(RuleFileError, match=r"no \*\.toml rule files"):
+        load_rules([tmp_path])
+    big = tmp_path / "big.toml"
+    big.write_text("# x\n" * 300_000)
+    with pytest.raises(RuleFileError, match="larger than"):
+        load_rules([big])
+    binary = tmp_path / "bin.toml"
+    binary.write_bytes(b"\xff\xfe\x00rule")
+    with pytest.raises(RuleFileError, match="cannot read"):
+        load_rules([binary])
+
+
+def test_all_kinds_parse_with_durations_and_defaults() -> None:
+    rules = parse_rules('''
+[[rule]]
+id = "r"
+kind = "rate"
+metric = "pressure"
+max_drop = 0.05
+per = "1m"
+window = "10m"
+keep_firing_for = "15m"
+
+[[rule]]
+id = "z"
+kind = "zscore"
+metric = "flow"
+halflife = "1h"
+
+[[rule]]
+id = "s"
+kind = "stale"
+after = "7d"
+''', source="x.toml")
+    r, z, s = rules
+    assert (r.per_ns, r.window_ns, r.keep_firing_for_ns) == (60 * 10**9, 600 * 10**9,
+                                                             900 * 10**9)
+    assert z.kind == "zscore" and z.z == 5.0 and z.clear_z == 3.75 and z.min_samples == 30
+    assert s.metric == "*" and s.after_ns == 7 * 86_400 * 10**9

@@ -13,7 +13,7 @@ from devices.model import Device
 from devices.series import SeriesTable
 from rules.engine import RuleEngine, in_order_rows
 from rules.model import FindingState, ThresholdRule
-from rules.threshold import threshold_reference
+from rules.reference import ReferenceEngine, threshold_reference
 
 SEC = 1_000_000_000
 
@@ -87,9 +87,16 @@ def test_engine_equals_reference(rule: ThresholdRule,
                                  stream: tuple[int, list[tuple[int, int, float]], list[int]]
                                  ) -> None:
     n_series, rows, cuts = stream
-    expected = threshold_reference(rule, rows)
-    got = run_engine(rule, n_series, split(rows, cuts))
-    assert canonical(got) == canonical(expected)
+    engine, table = engine_for(rule, n_series)
+    reference = ReferenceEngine([rule], table)
+    for batch in split(rows, cuts):
+        got = engine.evaluate(Cols(batch))
+        want = reference.evaluate(batch)
+        assert [(f.device_id, f.state, f.ts_ns, repr(f.value)) for f in got] == [
+            (f.device_id, f.state, f.ts_ns, repr(f.value)) for f in want]
+    # one reading per batch: the plain threshold reference in arrival order
+    assert canonical(run_engine(rule, n_series, [[r] for r in rows])) == canonical(
+        threshold_reference(rule, rows))
 
 
 def test_oscillation_around_limit_fires_once_with_hysteresis() -> None:
@@ -123,6 +130,20 @@ def test_in_order_rows_keeps_first_of_equal_timestamps() -> None:
     ts = np.array([5, 5, 1, 7], dtype=np.int64)
     last = np.array([0, 3], dtype=np.int64)
     assert in_order_rows(series, ts, last).tolist() == [0, 3]
+
+
+def test_in_order_rows_sorts_each_series_by_time_within_a_batch() -> None:
+    series = np.array([0, 1, 0, 0, 1, 0], dtype=np.int64)
+    ts = np.array([9, 4, 7, 8, 2, 7], dtype=np.int64)
+    last = np.array([7, 0], dtype=np.int64)
+    # series 0: 7 is not after the last evaluated time (7), 8 then 9; series 1: 2 then 4
+    assert in_order_rows(series, ts, last).tolist() == [3, 0, 4, 1]
+
+
+def test_a_gateway_array_out_of_order_is_evaluated_in_time_order() -> None:
+    rule = ThresholdRule(id="r", metric="lel", above=50.0, clear=45.0)
+    batch = [(0, 3 * SEC, 10.0), (0, 1 * SEC, 60.0), (0, 2 * SEC, 40.0)]
+    assert run_engine(rule, 1, [batch]) == [(0, SEC, True), (0, 2 * SEC, False)]
 
 
 def test_rule_applies_only_to_its_device_types_and_metric_glob() -> None:

@@ -1,0 +1,34 @@
+"""What the dashboards are made of, independent of Grafana's JSON: queries and their columns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Format = Literal["time_series", "table"]
+
+
+@dataclass(frozen=True, slots=True)
+class PanelQuery:
+    """One InfluxQL target of a panel (or annotation) and the columns the panel uses.
+
+    ``columns`` are result columns or tag keys (a ``GROUP BY`` tag becomes a column in
+    table format) the panel reads: its fields, joins, transformations, geomap location.
+    """
+
+    dashboard: str  # dashboard uid
+    panel: str  # panel title (or "annotation: <name>")
+    ref_id: str
+    query: str
+    format: Format
+    columns: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class GrafanaTarget:
+    """Where rendered or pushed dashboards point: the InfluxDB datasource and folder."""
+
+    datasource_uid: str = "lifeline-influxdb"
+    datasource_name: str = "lifeline InfluxDB"
+    folder: str = "citylifeline"
+    timezone: str = "Asia/Shanghai"

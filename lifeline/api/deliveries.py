@@ -1,0 +1,81 @@
+"""``/api/v1/deliveries``: the webhook outbox (list, dead letters, resend)."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, Request, status
+from pydantic import BaseModel, ConfigDict
+
+from alerts.errors import NotFoundError
+from alerts.model import Delivery, DeliveryStatus, iso
+from alerts.outbox import list_deliveries, resend
+from lifeline.api.alerts import MAX_ID, RowId
+from lifeline.api.deps import EngineDep, Operator, Viewer
+
+router = APIRouter(prefix="/api/v1/deliveries", tags=["deliveries"])
+
+
+class DeliveryPublic(BaseModel):
+    """One outbox row."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: int
+    delivery_id: str
+    event_id: str
+    event: str
+    status: str
+    attempts: int
+    created: str | None
+    next_attempt: str | None
+    last_error: str
+    last_status: int | None
+    delivered: str | None
+    delivered_via: str
+    case_id: int | None
+    payload: dict[str, Any]
+
+
+class DeliveriesPublic(BaseModel):
+    """A page of deliveries and the total count of the filter."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data: list[DeliveryPublic]
+    count: int
+
+
+def _public(d: Delivery) -> DeliveryPublic:
+    return DeliveryPublic(
+        id=d.id, delivery_id=d.delivery_id, event_id=d.event_id, event=d.event,
+        status=d.status.value, attempts=d.attempts, created=iso(d.created_ns),
+        next_attempt=iso(d.next_attempt_ns) if d.status is DeliveryStatus.PENDING else None,
+        last_error=d.last_error, last_status=d.last_status, delivered=iso(d.delivered_ns),
+        delivered_via=d.delivered_via, case_id=d.case_id, payload=d.payload)
+
+
+@router.get("", response_model=DeliveriesPublic)
+def get_deliveries(engine: EngineDep, _: Viewer, status: DeliveryStatus | None = None,
+                   event: str | None = None,
+                   case_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+                   limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                   offset: Annotated[int, Query(ge=0)] = 0) -> DeliveriesPublic:
+    """Deliveries, newest first (``status=dead`` lists the dead letters)."""
+    items, total = list_deliveries(engine, status=status, event=event, case_id=case_id,
+                                   limit=limit, offset=offset)
+    return DeliveriesPublic(data=[_public(d) for d in items], count=total)
+
+
+@router.post("/{row_id}/resend", response_model=DeliveryPublic)
+def post_resend(row_id: RowId, request: Request, engine: EngineDep, _: Operator) -> DeliveryPublic:
+    """Queue a delivery again, with the same delivery id."""
+    try:
+        d = resend(engine, row_id, time.time_ns())
+    except NotFoundError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+    wake = getattr(request.app.state, "outbox_wake", None)
+    if callable(wake):
+        wake()
+    return _public(d)

@@ -1,0 +1,91 @@
+"""``/api/v1/rules``: the loaded rules, and reloading the rule files."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request, status
+from pydantic import BaseModel, ConfigDict
+from starlette.concurrency import run_in_threadpool
+
+from lifeline.api.deps import Operator, Viewer
+from rules.engine import RuleEngine
+from rules.errors import RulesError
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/api/v1/rules", tags=["rules"])
+UNPROCESSABLE = 422
+
+
+class RulePublic(BaseModel):
+    """One loaded rule: its definition plus how many series it watches and fires for."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    kind: str
+    severity: str
+    description: str
+    definition: dict[str, Any]
+    series: int
+    firing: int
+
+
+class RulesPublic(BaseModel):
+    """The loaded rules, in file order."""
+
+    data: list[RulePublic]
+    count: int
+    late_readings: int
+    evaluated_readings: int
+    reloads: int
+
+
+class RulesReloadPublic(BaseModel):
+    """Result of a reload: rules kept with their state and rules new or changed."""
+
+    kept: int
+    new: int
+    count: int
+
+
+def _engine(request: Request) -> RuleEngine:
+    engine: RuleEngine | None = getattr(request.app.state, "rule_engine", None)
+    if engine is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the rule engine is not running")
+    return engine
+
+
+@router.get("", response_model=RulesPublic)
+def list_rules(request: Request, _: Viewer) -> RulesPublic:
+    """Every loaded rule with the number of series it applies to and is firing for."""
+    engine = _engine(request)
+    data = [
+        RulePublic(id=d["rule"].id, kind=d["rule"].kind, severity=d["rule"].severity.value,
+                   description=d["rule"].description,
+                   definition=d["rule"].model_dump(mode="json", by_alias=True),
+                   series=d["series"], firing=d["firing"])
+        for d in engine.describe()
+    ]
+    return RulesPublic(data=data, count=len(data), late_readings=engine.late,
+                       evaluated_readings=engine.evaluated, reloads=engine.reloads)
+
+
+@router.post("/reload", response_model=RulesReloadPublic,
+             responses={UNPROCESSABLE: {"description": "a rule file is invalid; nothing changed"}})
+async def reload_rules(request: Request, principal: Operator) -> RulesReloadPublic:
+    """Load the rule files again (like SIGHUP); unchanged rules keep their state."""
+    reload: Callable[[], tuple[int, int]] | None = getattr(request.app.state, "rules_reload",
+                                                            None)
+    if reload is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the rule engine is not running")
+    try:
+        kept, new = await run_in_threadpool(reload)
+    except RulesError as exc:
+        log.warning("rule reload by %s refused: %s", principal.name, exc)
+        raise HTTPException(UNPROCESSABLE, str(exc)) from exc
+    log.info("rules reloaded by %s: %d kept, %d new", principal.name, kept, new)
+    return RulesReloadPublic(kept=kept, new=new, count=kept + new)

@@ -131,9 +131,20 @@ def simulated_rupture(tmp_path: Path) -> CityRun:
     return run
 
 
+PREFIX = f"caseloop{uuid.uuid4().hex[:6]}"  # its own topics: the broker is shared
+
+
 def run_simulator(run: CityRun, port: int) -> None:
-    """The simulator's own fleet runner, in real time, one connection per device."""
-    run_fleet(run, RunnerOptions(port=port, speed=1.0, mode="devices"))
+    """The simulator's own fleet runner, in real time, one connection per device; then
+    clear the retained status messages it leaves, so no later test sees them."""
+    run_fleet(run, RunnerOptions(port=port, prefix=PREFIX, speed=1.0, mode="devices"))
+    client = mqtt.Client(CallbackAPIVersion.VERSION2)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    for dev in run.layout.devices:
+        client.publish(f"{PREFIX}/{dev.id}/status", b"", qos=1, retain=True).wait_for_publish(5)
+    client.disconnect()
+    client.loop_stop()
 
 
 def start_serve(tmp_path: Path, env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
@@ -154,6 +165,7 @@ def test_fault_to_closed_case_through_simulated_dispatch(
                             DispatchPlan(accept_after_s=0.5, handle_after_s=1.5, return_rate=0,
                                          late_rate=0)).start()
     env = serve_env(tmp_path, mosquitto, influxdb, db, sim.url, api_port, token)
+    env["LIFELINE_MQTT__PREFIX"] = PREFIX
     simulated_rupture(tmp_path)  # the simulated city's inventory replaces the test device
     serve = start_serve(tmp_path, env, "serve")
     run = simulated_rupture(tmp_path)  # same city (seeded), its clock starting now

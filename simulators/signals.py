@@ -27,6 +27,8 @@ class DeviceSignal:
                 lel += min(self.drift_max, (t_s - self.drift_start_s) * self.drift_rate_per_s)
             return {"lel": round(lel, 2), "battery": round(3.6 - self.rng.random() * 0.05, 3),
                     "rssi": float(self.rng.randint(-95, -60))}
-        pressure = 0.32 + 0.03 * math.sin(t_s / 600.0) + self.rng.gauss(0.0, 0.004)
+        # A logger with 0.1 kPa noise: the demo reports every device several times a second,
+        # and the rate rule compares consecutive readings (see the rules issue).
+        pressure = 0.32 + 0.03 * math.sin(t_s / 600.0) + self.rng.gauss(0.0, 0.0001)
         return {"pressure": round(pressure, 4), "battery": round(3.6 - self.rng.random() * 0.05, 3),
                 "rssi": float(self.rng.randint(-100, -65))}

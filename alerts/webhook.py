@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import logging
-import queue
-import random
-import threading
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -93,71 +90,3 @@ class HttpNotifier:
     def close(self) -> None:
         """Close the HTTP client."""
         self._client.close()
-
-
-@dataclass(slots=True)
-class DeliveryStats:
-    """Counts of the delivery worker."""
-
-    delivered: int = 0
-    failed_attempts: int = 0
-    dead: int = 0
-
-
-class DeliveryWorker:
-    """Delivers queued events in order, retrying with exponential backoff and jitter."""
-
-    def __init__(self, notifier: Notifier, *, max_attempts: int = 10,
-                 base_delay: float = 0.5, max_delay: float = 60.0) -> None:
-        self.notifier = notifier
-        self.max_attempts = max_attempts
-        self.base_delay = base_delay
-        self.max_delay = max_delay
-        self.stats = DeliveryStats()
-        self._queue: queue.Queue[WebhookEvent | None] = queue.Queue()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="webhook-delivery", daemon=True)
-
-    def start(self) -> None:
-        """Start the worker thread."""
-        self._thread.start()
-
-    def enqueue(self, event: WebhookEvent) -> None:
-        """Queue an event for delivery."""
-        self._queue.put(event)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Deliver what is queued (within ``timeout``), then stop."""
-        self._queue.put(None)
-        self._thread.join(timeout)
-        self._stop.set()
-        self._thread.join(2)
-
-    def _run(self) -> None:
-        while True:
-            event = self._queue.get()
-            if event is None:
-                return
-            self._deliver(event)
-
-    def _deliver(self, event: WebhookEvent) -> None:
-        for attempt in range(1, self.max_attempts + 1):
-            try:
-                self.notifier.send(event)
-            except DeliveryError as exc:
-                self.stats.failed_attempts += 1
-                if not exc.retryable or attempt == self.max_attempts or self._stop.is_set():
-                    self.stats.dead += 1
-                    log.error("webhook %s %s dead after %d attempts: %s",
-                              event.event, event.delivery_id, attempt, exc)
-                    return
-                delay = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
-                delay *= 0.5 + random.random() / 2
-                log.warning("webhook %s %s attempt %d failed (%s); retry in %.1fs",
-                            event.event, event.delivery_id, attempt, exc, delay)
-                if self._stop.wait(delay):
-                    self.stats.dead += 1
-                    return
-                continue
-            self.stats.delivered += 1
-            return

@@ -11,7 +11,7 @@ import pytest
 
 from alerts.errors import DeliveryError
 from alerts.signing import verify
-from alerts.webhook import DeliveryWorker, HttpNotifier, WebhookEvent
+from alerts.webhook import HttpNotifier, WebhookEvent
 from lifeline.harness import free_port
 from lifeline.receiver import WebhookReceiver
 
@@ -48,19 +48,19 @@ class Scripted:
         self.server.server_close()
 
 
-def test_signed_headers_and_retry_on_5xx_429_keep_delivery_id() -> None:
-    server = Scripted([503, 429, 500])
+def test_signed_headers_and_non_retryable_4xx() -> None:
+    server = Scripted([503, 400])
     try:
-        worker = DeliveryWorker(HttpNotifier(server.url, SECRET), base_delay=0.01)
-        worker.start()
+        notifier = HttpNotifier(server.url, SECRET)
         event = WebhookEvent.new("alert.firing", {"alert": {"device": "d"}, "case": None})
-        worker.enqueue(event)
-        worker.stop(timeout=10)
-        assert worker.stats.delivered == 1
-        assert worker.stats.failed_attempts == 3
-        assert len(server.requests) == 4
-        ids = {h["x-lifeline-delivery"] for h, _ in server.requests}
-        assert ids == {event.delivery_id}
+        with pytest.raises(DeliveryError) as first:
+            notifier.send(event)
+        assert first.value.retryable and first.value.status == 503
+        with pytest.raises(DeliveryError) as second:
+            notifier.send(event)
+        assert not second.value.retryable and second.value.status == 400
+        notifier.send(event)
+        assert {h["x-lifeline-delivery"] for h, _ in server.requests} == {event.delivery_id}
         headers, body = server.requests[-1]
         assert headers["x-lifeline-event"] == "alert.firing"
         assert verify(SECRET, headers["x-lifeline-timestamp"], body,
@@ -69,16 +69,7 @@ def test_signed_headers_and_retry_on_5xx_429_keep_delivery_id() -> None:
         server.close()
 
 
-def test_4xx_is_permanent_and_connection_refused_is_retryable() -> None:
-    server = Scripted([400])
-    try:
-        worker = DeliveryWorker(HttpNotifier(server.url, SECRET), base_delay=0.01)
-        worker.start()
-        worker.enqueue(WebhookEvent.new("alert.firing", {"case": None}))
-        worker.stop(timeout=10)
-        assert (worker.stats.delivered, worker.stats.dead, len(server.requests)) == (0, 1, 1)
-    finally:
-        server.close()
+def test_connection_refused_is_retryable() -> None:
     refused = HttpNotifier(f"http://127.0.0.1:{free_port()}/x", SECRET, timeout=1)
     with pytest.raises(DeliveryError) as info:
         refused.send(WebhookEvent.new("alert.firing", {"case": None}))

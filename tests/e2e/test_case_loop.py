@@ -4,7 +4,6 @@ webhook deliveries that survive a SIGKILL of the service."""
 
 from __future__ import annotations
 
-import os
 import signal
 import sqlite3
 import subprocess
@@ -12,7 +11,6 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -32,6 +30,7 @@ from simulators.runner import RunnerOptions, run_fleet
 from simulators.scenario import parse_scenario
 from simulators.stream import CityRun
 from tests.integration.test_alerts_outbox import FlakyReceiver
+from tests.support import clean_env, wait_for
 
 pytestmark = pytest.mark.e2e
 SECRET = "outbox-secret-0123456789"  # the FlakyReceiver's
@@ -48,18 +47,11 @@ severity = "critical"
 DEVICE = Device("gas-e2e-1", "gas_alarm", grid="G7", district="D1", unit="燃气公司")
 
 
-def wait_for(predicate: Callable[[], object], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return bool(predicate())
 
 
 def serve_env(tmp_path: Path, mosquitto: ManagedService, influxdb: ManagedService, db: str,
               hook_url: str, api_port: int, token: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LIFELINE_")}
+    env = clean_env()
     (tmp_path / "rules.toml").write_text(RULE)
     write_inventory(tmp_path / "inventory.csv", [DEVICE])
     env.update({

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.support import clean_env
 
 pytestmark = pytest.mark.e2e
 
@@ -32,7 +33,7 @@ def processes_mentioning(text: str) -> list[int]:
 
 def test_demo_runs_30_seconds_prints_summary_and_stops_everything(tmp_path: Path) -> None:
     run_dir = tmp_path / "demo"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LIFELINE_")}
+    env = clean_env()
     proc = subprocess.run(
         [sys.executable, "-m", "lifeline", "demo", "--duration", "30", "--devices", "100",
          "--rate", "300", "--run-dir", str(run_dir)],

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,12 +9,14 @@ from pathlib import Path
 import orjson
 import pytest
 
+from tests.support import clean_env
+
 pytestmark = pytest.mark.e2e
 LIFELINE = [sys.executable, "-m", "lifeline", "--log-level", "ERROR"]
 
 
 def evaluate(*args: str, cwd: Path) -> subprocess.CompletedProcess[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LIFELINE_")}
+    env = clean_env()
     return subprocess.run([*LIFELINE, "evaluate", *args], env=env, capture_output=True,
                           timeout=300, cwd=cwd)
 

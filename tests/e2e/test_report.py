@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import os
 import re
 import struct
 import subprocess
@@ -14,6 +13,7 @@ import pytest
 
 from lifeline.harness import ManagedService
 from tests.integration.test_dashboards_queries import City, fill_city
+from tests.support import clean_env
 
 pytestmark = pytest.mark.e2e
 LIFELINE = [sys.executable, "-m", "lifeline"]
@@ -27,7 +27,7 @@ def city(mosquitto: ManagedService, influxdb: ManagedService,
 
 
 def _env(city: City, tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LIFELINE_")}
+    env = clean_env()
     env.update(LIFELINE_INFLUX__URL=city.url, LIFELINE_INFLUX__DATABASE=city.database,
                LIFELINE_RUN_DIR=str(tmp_path / "run"))
     return env
@@ -97,7 +97,7 @@ def test_report_refuses_bad_arguments(city: City, tmp_path: Path, args: list[str
 
 
 def test_report_names_an_unreachable_influxdb(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LIFELINE_")}
+    env = clean_env()
     env.update(LIFELINE_INFLUX__URL="http://127.0.0.1:9", LIFELINE_RUN_DIR=str(tmp_path))
     done = subprocess.run([*LIFELINE, "report", "--out", str(tmp_path / "r.html")], env=env,
                           capture_output=True, timeout=60)

@@ -3,13 +3,11 @@ saved at shutdown and restored at start (real Mosquitto + InfluxDB, real process
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ from devices.model import Device
 from devices.registry import write_inventory
 from lifeline.auth import new_token, token_digest
 from lifeline.harness import ManagedService, free_port
+from tests.support import clean_env, wait_for
 
 pytestmark = pytest.mark.e2e
 LIFELINE = [sys.executable, "-m", "lifeline"]
@@ -52,13 +51,6 @@ metric = "lel"
 """
 
 
-def wait_for(predicate: Callable[[], object], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return bool(predicate())
 
 
 def publish(port: int, ts_ms: int, lel: float) -> None:
@@ -81,7 +73,7 @@ def test_reload_keeps_state_and_state_survives_a_restart(
     rules_dir.mkdir()
     (rules_dir / "a.toml").write_text(RULES_A)
     write_inventory(tmp_path / "inventory.csv", [DEVICE])
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LIFELINE_")}
+    env = clean_env()
     env.update({
         "LIFELINE_RUN_DIR": str(tmp_path / "run"),
         "LIFELINE_MQTT__PORT": str(mosquitto.info.port),

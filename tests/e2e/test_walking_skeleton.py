@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from lifeline.harness import ManagedService
 from lifeline.influxquery import count_values, influxql
 from lifeline.receiver import WebhookReceiver
+from tests.support import clean_env, wait_for
 
 pytestmark = pytest.mark.e2e
 SECRET = "e2e-secret-0123456789"
@@ -35,7 +35,7 @@ severity = "critical"
 
 def cli_env(tmp_path: Path, mosquitto: ManagedService, influxdb: ManagedService, db: str,
             hook_url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LIFELINE_")}
+    env = clean_env()
     rules = tmp_path / "rules.toml"
     rules.write_text(RULE)
     env.update({
@@ -53,13 +53,6 @@ def cli_env(tmp_path: Path, mosquitto: ManagedService, influxdb: ManagedService,
     return env
 
 
-def wait_for(predicate: object, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.25)
-    return False
 
 
 def test_serve_and_simulate_store_everything_alert_once_and_dead_letter_garbage(
@@ -118,7 +111,7 @@ def test_serve_and_simulate_store_everything_alert_once_and_dead_letter_garbage(
 
 def test_serve_reports_unreachable_broker_without_traceback(tmp_path: Path,
                                                             influxdb: ManagedService) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LIFELINE_")}
+    env = clean_env()
     env.update({"LIFELINE_RUN_DIR": str(tmp_path), "LIFELINE_MQTT__PORT": "1",
                 "LIFELINE_API__PORT": "0", "LIFELINE_MQTT__CONNECT_TIMEOUT": "2s",
                 "LIFELINE_INFLUX__URL": influxdb.info.url})
@@ -144,7 +137,7 @@ def test_serve_start_up_errors_are_clear(tmp_path: Path, env_extra: dict[str, st
                                          files: dict[str, str], message: str) -> None:
     for name, text in files.items():
         (tmp_path / name).write_text(text)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LIFELINE_")}
+    env = clean_env()
     env.update({"LIFELINE_RUN_DIR": str(tmp_path / "run"), "LIFELINE_API__PORT": "0", **env_extra})
     proc = subprocess.run([*LIFELINE, "serve"], env=env, capture_output=True, timeout=60,
                           cwd=tmp_path)
@@ -156,7 +149,7 @@ def test_serve_start_up_errors_are_clear(tmp_path: Path, env_extra: dict[str, st
 def test_config_check_prints_masked_settings(tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text('[webhook]\nurl = "http://x/y"\nsecret = "very-secret-value-123"\n')
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LIFELINE_")}
+    env = clean_env()
     ok = subprocess.run([*LIFELINE, "--config", str(cfg), "config", "check"], env=env,
                         capture_output=True, check=True)
     shown = orjson.loads(ok.stdout)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -22,6 +21,7 @@ from alerts.store import enqueue
 from alerts.webhook import HttpNotifier
 from lifeline.db import open_database
 from lifeline.harness import free_port
+from tests.support import wait_for
 
 pytestmark = pytest.mark.integration
 SECRET = "outbox-secret-0123456789"
@@ -106,13 +106,6 @@ class FlakyReceiver:
         self.server.server_close()
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = 20) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def add(engine: Engine, n: int, event: str = "case.updated") -> list[str]:

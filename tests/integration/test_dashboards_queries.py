@@ -4,7 +4,6 @@ real ingest path (Mosquitto → ``Service`` → InfluxDB) with simulator data of
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from simulators.dispatch import DispatchPlan, DispatchSimulator
 from simulators.runner import RunnerOptions, run_fleet
 from simulators.scenario import parse_scenario
 from simulators.stream import CityRun
+from tests.support import clean_env
 
 pytestmark = pytest.mark.integration
 
@@ -238,7 +238,7 @@ def test_device_info_carries_every_registered_device(city: City) -> None:
 
 
 def _cli_env(city: City, tmp_path: Path, database: str | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LIFELINE_")}
+    env = clean_env()
     env.update(LIFELINE_INFLUX__URL=city.url, LIFELINE_INFLUX__DATABASE=database or city.database,
                LIFELINE_RUN_DIR=str(tmp_path / "run"))
     return env

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,13 +11,14 @@ import pytest
 
 from ingest.deadletter import DeadLetter, DeadLetterStore, Reason
 from lifeline.db import open_database
+from tests.support import clean_env
 
 LIFELINE = [sys.executable, "-m", "lifeline"]
 
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    e = {k: v for k, v in os.environ.items() if not k.startswith("LIFELINE_")}
+    e = clean_env()
     e["LIFELINE_RUN_DIR"] = str(tmp_path / "run")
     (tmp_path / "run").mkdir()
     store = DeadLetterStore(open_database(f"sqlite:///{tmp_path / 'run' / 'lifeline.db'}"))

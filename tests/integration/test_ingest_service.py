@@ -33,6 +33,7 @@ from lifeline.settings import (
     MqttSettings,
     Settings,
 )
+from tests.support import wait_for
 
 pytestmark = pytest.mark.integration
 DEVICES = 40
@@ -109,13 +110,6 @@ class Publisher(threading.Thread):
         client.loop_stop()
 
 
-def wait_for(predicate: object, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.2)
-    return False
 
 
 @pytest.fixture

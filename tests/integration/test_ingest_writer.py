@@ -17,6 +17,7 @@ from ingest.influx import InfluxV1Transport, InfluxV2Transport, InfluxWriter
 from ingest.spool import Spool
 from lifeline.harness import ManagedService, start_influxdb
 from lifeline.influxquery import count_values, influxql
+from tests.support import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -27,13 +28,6 @@ def lines(n: int, start: int = 0, measurement: str = "wp") -> list[str]:
             for i in range(start, start + n)]
 
 
-def wait_for(predicate: object, timeout: float = 20) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.fixture

@@ -39,6 +39,7 @@ from paho.mqtt.properties import Properties
 
 from devices.model import Device
 from devices.registry import write_inventory
+from ingest.mqttsocket import BufferedClient, FastClient
 from lifeline.harness import ManagedService, start_influxdb, start_mosquitto
 from lifeline.influxquery import count_values
 from lifeline.settings import (
@@ -67,6 +68,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--live-rate", type=float, default=5000.0,
                    help="messages/s offered in the live runs (arrays: x10 readings/s)")
     p.add_argument("--quick", action="store_true", help="small counts (smoke test)")
+    p.add_argument("--stock-paho", action="store_true",
+                   help="run the service with mqtt.buffered_reads = false (stock paho reads)")
     p.add_argument("--keep", action="store_true", help="keep the run directory")
 
 
@@ -156,10 +159,10 @@ def _join(procs: list[Any]) -> None:
 # --------------------------------------------------------------------------- ceilings
 
 
-def _session_client(port: int, client_id: str, qos: int,
-                    on_message: Any) -> mqtt.Client:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                         protocol=MQTTProtocolVersion.MQTTv5)
+def _session_client(port: int, client_id: str, qos: int, on_message: Any,
+                    client_class: type[mqtt.Client] = mqtt.Client) -> mqtt.Client:
+    client = client_class(CallbackAPIVersion.VERSION2, client_id=client_id,
+                          protocol=MQTTProtocolVersion.MQTTv5)
     client.on_message = on_message
     subscribed = threading.Event()
     client.on_subscribe = lambda *a: subscribed.set()
@@ -185,8 +188,13 @@ def drop_session(port: int, client_id: str) -> None:
     client.loop_stop()
 
 
-def paho_ceiling(port: int, qos: int, devices: int, total: int, publishers: int) -> dict[str, Any]:
-    """A subscriber that only counts, draining a pre-loaded persistent session."""
+def paho_ceiling(port: int, qos: int, devices: int, total: int, publishers: int,
+                 client_class: type[mqtt.Client] = mqtt.Client) -> dict[str, Any]:
+    """A subscriber that only counts, draining a pre-loaded persistent session.
+
+    The ceiling is a stock paho client; ``client_class=BufferedClient`` measures the
+    same with the buffered socket reads the service uses (an extra figure).
+    """
     client_id = f"ceiling-{uuid.uuid4().hex[:6]}"
     count = [0]
     finished = threading.Event()
@@ -202,15 +210,16 @@ def paho_ceiling(port: int, qos: int, devices: int, total: int, publishers: int)
     _join(publish_all(port, qos, devices, total, 1, time.time_ns() // 1_000_000 - 600_000,
                       publishers))
     time.sleep(0.5)
-    started = time.perf_counter()
-    client = _session_client(port, client_id, qos, on_message)
+    started, cpu0 = time.perf_counter(), _cpu_s()
+    client = _session_client(port, client_id, qos, on_message, client_class)
     finished.wait(300)
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, _cpu_s() - cpu0
     client.disconnect()
     client.loop_stop()
     drop_session(port, client_id)
     return {"qos": qos, "messages": count[0], "published": total, "seconds": round(elapsed, 3),
-            "messages_per_s": round(count[0] / elapsed)}
+            "messages_per_s": round(count[0] / elapsed), "cpu_s": round(cpu, 3),
+            "messages_per_cpu_s": round(count[0] / cpu)}
 
 
 def influx_ceiling(url: str, lines_total: int, batch: int = 5000) -> dict[str, Any]:
@@ -237,13 +246,20 @@ def influx_ceiling(url: str, lines_total: int, batch: int = 5000) -> dict[str, A
 # --------------------------------------------------------------------------- full path
 
 
+def _cpu_s() -> float:
+    """CPU time (user + system) of this process so far: publishers and servers are
+    other processes, so on a shared machine this is the consumer's own cost."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def full_path(run: Path, mqtt_port: int, influx_url: str, inventory: Path, *, qos: int,
               devices: int, messages: int, array: int, publishers: int,
-              live_rate: float = 0.0) -> dict[str, Any]:
+              live_rate: float = 0.0, buffered_reads: bool = True) -> dict[str, Any]:
     """The real service draining (or keeping up with) ``messages`` messages."""
     from lifeline.service import Service  # noqa: PLC0415 - heavy
 
@@ -253,7 +269,8 @@ def full_path(run: Path, mqtt_port: int, influx_url: str, inventory: Path, *, qo
     db = f"bench_{name}_{uuid.uuid4().hex[:6]}"
     settings = Settings(
         run_dir=run / name,
-        mqtt=MqttSettings(port=mqtt_port, client_id=f"bench-{db}", qos=qos),
+        mqtt=MqttSettings(port=mqtt_port, client_id=f"bench-{db}", qos=qos,
+                          buffered_reads=buffered_reads),
         influx=InfluxSettings(url=influx_url, database=db),
         ingest=IngestSettings(metrics_interval="1h", spool_fsync=False),
         devices=DevicesSettings(inventory=inventory),
@@ -287,13 +304,13 @@ def full_path(run: Path, mqtt_port: int, influx_url: str, inventory: Path, *, qo
         time.sleep(0.5)
         service = Service(settings)
         service.start()  # connects; paho buffers until the pipeline thread runs below
-        started = time.perf_counter()
+        started, cpu0 = time.perf_counter(), _cpu_s()
         procs: list[Any] = []
     else:
         service.start()
         if not service.subscriber.subscribed.wait(30):
             raise RuntimeError("the service did not subscribe within 30 s")
-        started = time.perf_counter()
+        started, cpu0 = time.perf_counter(), _cpu_s()
         procs = publish_all(mqtt_port, qos, devices, messages, array, base_ms, publishers,
                             live_rate)
     runner = threading.Thread(target=service.run, args=(stop,), daemon=True)
@@ -315,7 +332,7 @@ def full_path(run: Path, mqtt_port: int, influx_url: str, inventory: Path, *, qo
                      service.writer.stats.lines_written, len(service.buffer),
                      service.ingest.duplicates, service.stats.dead_lettered)
     stored_at.append(time.perf_counter())
-    elapsed = stored_at[0] - started
+    elapsed, cpu = stored_at[0] - started, _cpu_s() - cpu0
     _join(procs)
     stop.set()
     runner.join(120)
@@ -335,6 +352,8 @@ def full_path(run: Path, mqtt_port: int, influx_url: str, inventory: Path, *, qo
         "offered_messages_per_s": round(live_rate) if live else None,
         "messages_per_s": round(messages / elapsed),
         "readings_per_s": round(readings / elapsed),
+        "cpu_s": round(cpu, 3),
+        "messages_per_cpu_s": round(messages / cpu),
         "peak_rss_mb": _peak_rss_mb(),
     }
     if latencies:
@@ -364,9 +383,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                       args.publishers),
             "paho_qos1": paho_ceiling(port, 1, args.devices, args.ceiling_messages,
                                       args.publishers),
+            # Extra figures, not the ceiling: paho with the service's read path
+            # (ingest.mqttsocket: buffered reads; FastClient adds the light PUBLISH decode).
+            "paho_buffered_qos0": paho_ceiling(port, 0, args.devices, args.ceiling_messages,
+                                               args.publishers, BufferedClient),
+            "paho_fast_qos0": paho_ceiling(port, 0, args.devices, args.ceiling_messages,
+                                           args.publishers, FastClient),
+            "paho_fast_qos1": paho_ceiling(port, 1, args.devices, args.ceiling_messages,
+                                           args.publishers, FastClient),
             "influx_write": influx_ceiling(url, 500_000 if not args.quick else 50_000),
         }
-        common = {"devices": args.devices, "publishers": args.publishers}
+        common = {"devices": args.devices, "publishers": args.publishers,
+                  "buffered_reads": not args.stock_paho}
         runs = {}
         for live in (False, True):
             mode = "live" if live else "drained"
@@ -383,7 +411,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     4 if live else 1), array=args.array_size, live_rate=array_rate, **common)
         c0 = ceilings["paho_qos0"]["messages_per_s"]
         c1 = ceilings["paho_qos1"]["messages_per_s"]
+        f0 = ceilings["paho_fast_qos0"]["messages_per_s"]
         ratios = {
+            "drained_single_qos0_vs_paho_fast_qos0": round(
+                runs["drained_single_qos0"]["messages_per_s"] / f0, 3),
+            "paho_fast_qos0_vs_paho_qos0": round(f0 / ceilings["paho_qos0"]["messages_per_s"], 3),
             "drained_single_qos0_vs_paho_qos0": round(
                 runs["drained_single_qos0"]["messages_per_s"] / c0, 3),
             "drained_single_qos1_vs_paho_qos1": round(
@@ -402,7 +434,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "ratio_to_paho>=0.6": ratios["drained_single_qos0_vs_paho_qos0"] >= 0.6,
             "zero_loss": all(r["readings_lost"] == 0 for r in runs.values()),
         }
-        return {"benchmark": "ingest", "cpus": os.cpu_count(), "ceilings": ceilings,
+        return {"benchmark": "ingest", "cpus": os.cpu_count(), "load_avg": os.getloadavg(),
+                "service_buffered_reads": not args.stock_paho, "ceilings": ceilings,
                 "runs": runs, "ratios": ratios, "targets_met": targets}
     finally:
         if mosq is not None:

@@ -9,6 +9,11 @@ class BrokerUnavailableError(IngestError):
     """The MQTT broker could not be reached."""
 
 
+class BrokerRejectedError(IngestError):
+    """The MQTT broker cannot be used as configured: TLS verification failed or the
+    broker refused the credentials. Retrying would not help."""
+
+
 class WriteError(IngestError):
     """A write to the time-series database failed.
 

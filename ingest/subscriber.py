@@ -17,10 +17,15 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from ingest.batch import RawBuffer, RawMessage
-from ingest.errors import BrokerUnavailableError
+from ingest.errors import BrokerRejectedError, BrokerUnavailableError
+from ingest.mqttsocket import FastClient
 
 log = logging.getLogger(__name__)
 _SESSIONS = itertools.count(1)
+# CONNACK reasons that retrying cannot cure: client id not valid, bad user name or
+# password, not authorized, banned, bad authentication method (MQTT 5 codes; paho maps
+# the 3.1.1 return codes onto them).
+_NOT_RETRYABLE = frozenset({0x85, 0x86, 0x87, 0x8A, 0x8C})
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +49,7 @@ class MqttOptions:
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 30.0
     manual_ack: bool = True  # acknowledge QoS 1/2 only once stored, spooled or dead-lettered
+    buffered_reads: bool = True  # ingest.mqttsocket.FastClient: buffered reads, light decode
 
 
 class MqttSubscriber:
@@ -61,7 +67,8 @@ class MqttSubscriber:
             MQTTProtocolVersion.MQTTv311
         )
         self._v5 = protocol is MQTTProtocolVersion.MQTTv5
-        self.client = mqtt.Client(
+        client_class = FastClient if options.buffered_reads else mqtt.Client
+        self.client = client_class(
             CallbackAPIVersion.VERSION2,
             client_id=options.client_id,
             protocol=protocol,
@@ -71,7 +78,12 @@ class MqttSubscriber:
         if options.username:
             self.client.username_pw_set(options.username, options.password or None)
         if options.tls:
-            ctx = ssl.create_default_context(cafile=options.tls_ca_file or None)
+            try:
+                ctx = ssl.create_default_context(cafile=options.tls_ca_file or None)
+            except (OSError, ssl.SSLError) as exc:
+                raise BrokerRejectedError(
+                    f"cannot load mqtt.tls_ca_file {options.tls_ca_file!r}: "
+                    f"{getattr(exc, 'strerror', None) or exc}") from exc
             self.client.tls_set_context(ctx)
         self.client.reconnect_delay_set(int(options.reconnect_min_s), int(options.reconnect_max_s))
         self.client.max_inflight_messages_set(1000)
@@ -87,10 +99,19 @@ class MqttSubscriber:
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
         self.subscribed = threading.Event()  # set once the broker granted the subscriptions
+        self._connack = threading.Event()  # set on the first CONNACK (accepted or refused)
+        self._refused: Any = None  # reason code of a refusal that retrying cannot cure
 
     def start(self) -> None:
-        """Connect (retrying with backoff up to ``connect_timeout_s``), then run the loop."""
+        """Connect (retrying with backoff up to ``connect_timeout_s``), run the loop and
+        wait for the broker to accept the connection.
+
+        Raises :class:`BrokerRejectedError` at once when TLS verification fails or the
+        broker refuses the credentials, :class:`BrokerUnavailableError` when it cannot be
+        reached (or does not answer) within ``connect_timeout_s``.
+        """
         opts = self.options
+        where = f"MQTT broker {opts.host}:{opts.port}"
         deadline = time.monotonic() + opts.connect_timeout_s
         delay = 0.5
         attempt = 0
@@ -99,6 +120,12 @@ class MqttSubscriber:
             try:
                 self._connect()
                 break
+            except ssl.SSLError as exc:  # before OSError: a subclass, and not transient
+                detail, hint = exc.reason or str(exc), ""
+                if isinstance(exc, ssl.SSLCertVerificationError):
+                    detail = f"certificate verify failed: {exc.verify_message}"
+                    hint = " (check mqtt.tls_ca_file)"
+                raise BrokerRejectedError(f"TLS with {where} failed: {detail}{hint}") from exc
             except OSError as exc:
                 if time.monotonic() + delay > deadline:
                     raise BrokerUnavailableError(
@@ -112,6 +139,17 @@ class MqttSubscriber:
                 time.sleep(delay)
                 delay = min(delay * 2, opts.reconnect_max_s)
         self.client.loop_start()
+        self._connack.wait(max(deadline - time.monotonic(), 1.0))
+        if self._refused is not None or not self._connack.is_set():
+            self.client.disconnect()
+            self.client.loop_stop()
+            if self._refused is not None:
+                who = f" for user {opts.username!r}" if opts.username else " (no username)"
+                raise BrokerRejectedError(
+                    f"{where} refused the connection{who}: {self._refused} "
+                    "(check mqtt.username / mqtt.password)")
+            raise BrokerUnavailableError(f"{where} accepted no MQTT connection within "
+                                         f"{opts.connect_timeout_s:.0f}s")
 
     def _connect(self) -> None:
         opts = self.options
@@ -161,8 +199,12 @@ class MqttSubscriber:
     ) -> None:
         if reason.is_failure:
             log.error("MQTT connect refused: %s", reason)
+            if getattr(reason, "value", 0) in _NOT_RETRYABLE and not self._connack.is_set():
+                self._refused = reason
+                self._connack.set()
             return
         self.connected = True
+        self._connack.set()
         self.connects += 1
         self.session = next(_SESSIONS)
         log.info(

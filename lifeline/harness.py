@@ -34,6 +34,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import datetime as dt
+import functools
 import json
 import logging
 import os
@@ -43,6 +44,7 @@ import select
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -68,11 +70,14 @@ __all__ = [
     "MissingBinaryError",
     "ServiceInfo",
     "ServiceStartError",
+    "TlsFiles",
     "find_binary",
     "free_port",
+    "make_test_pki",
     "start_influxdb",
     "start_mosquitto",
     "start_victoria_metrics",
+    "write_mosquitto_passwords",
 ]
 
 logger = logging.getLogger(__name__)
@@ -641,13 +646,18 @@ def _prepare_dir(run_dir: Path, name: str) -> Path:
 # --------------------------------------------------------------------------- mosquitto
 
 
-def _mqtt_probe(host: str, port: int) -> bool:
-    """True when an MQTT CONNECT to host:port is answered by a CONNACK (of any reason code)."""
+def _mqtt_probe(host: str, port: int, ca_file: str | None = None) -> bool:
+    """True when an MQTT CONNECT to host:port is answered by a CONNACK (of any reason code).
+
+    With ``ca_file`` the connection is TLS, verified against that CA.
+    """
     client = mqtt.Client(
         CallbackAPIVersion.VERSION2,
         client_id=f"lifeline-harness-probe-{secrets.token_hex(4)}",
         protocol=MQTTProtocolVersion.MQTTv311,
     )
+    if ca_file is not None:
+        client.tls_set_context(ssl.create_default_context(cafile=ca_file))
     client.connect_timeout = 1.0
     answered: list[object] = []
 
@@ -682,18 +692,84 @@ def _mosquitto_conf_value(path: Path) -> str:
     return text
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """A private CA and a server certificate signed by it (PEM files)."""
+
+    ca_cert: Path
+    server_cert: Path
+    server_key: Path
+
+
+def _run_tool(argv: Sequence[str], what: str, stdin: bytes | None = None) -> None:
+    try:
+        subprocess.run(list(argv), input=stdin, capture_output=True, check=True, timeout=60)
+    except subprocess.CalledProcessError as exc:
+        stderr = exc.stderr.decode(errors="replace").strip()
+        raise HarnessError(f"{what} failed (exit {exc.returncode}): {stderr}") from exc
+
+
+def make_test_pki(directory: Path, common_name: str = LOOPBACK) -> TlsFiles:
+    """Generate a throw-away CA and a server certificate for ``127.0.0.1``/``localhost``.
+
+    Uses the ``openssl`` command line (package ``openssl``); the keys are EC P-256,
+    valid for two days, written with mode 0600 under ``directory``.
+    """
+    openssl = find_binary("openssl", "openssl")
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_key, ca_cert = directory / "ca.key", directory / "ca.crt"
+    key, csr, cert = directory / "server.key", directory / "server.csr", directory / "server.crt"
+    ext = directory / "server.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n"
+                   "keyUsage=critical,digitalSignature,keyEncipherment\n"
+                   "extendedKeyUsage=serverAuth\n")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    _run_tool([openssl, "req", "-x509", *ec, "-keyout", str(ca_key), "-out", str(ca_cert),
+               "-days", "2", "-subj", "/CN=lifeline harness test CA",
+               "-addext", "basicConstraints=critical,CA:TRUE",
+               "-addext", "keyUsage=critical,keyCertSign,cRLSign"], "openssl req (CA)")
+    _run_tool([openssl, "req", *ec, "-keyout", str(key), "-out", str(csr),
+               "-subj", f"/CN={common_name}"], "openssl req (server)")
+    _run_tool([openssl, "x509", "-req", "-in", str(csr), "-CA", str(ca_cert),
+               "-CAkey", str(ca_key), "-CAcreateserial", "-out", str(cert), "-days", "2",
+               "-extfile", str(ext)], "openssl x509 (sign)")
+    for path in (ca_key, key):
+        path.chmod(0o600)
+    return TlsFiles(ca_cert=ca_cert, server_cert=cert, server_key=key)
+
+
+def write_mosquitto_passwords(path: Path, users: Mapping[str, str]) -> Path:
+    """Write a Mosquitto password file for ``users`` (name → password), hashed by
+    ``mosquitto_passwd -U`` (package ``mosquitto``); the plain text never leaves the file."""
+    tool = find_binary("mosquitto_passwd", _PACKAGES[MOSQUITTO])
+    for name, password in users.items():
+        if not name or ":" in name or "\n" in name + password:
+            raise HarnessError(f"invalid user name or password for {name!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.writelines(f"{name}:{password}\n" for name, password in users.items())
+    _run_tool([tool, "-U", str(path)], "mosquitto_passwd -U")
+    return path
+
+
 def start_mosquitto(
     run_dir: Path,
     port: int | None = None,
     *,
     persistence: bool = True,
     extra_config: str = "",
+    tls: TlsFiles | None = None,
+    users: Mapping[str, str] | None = None,
 ) -> ManagedService:
     """Start Mosquitto on 127.0.0.1 (a free port unless ``port`` is given) and wait for a CONNACK.
 
     Writes ``run_dir/mosquitto/mosquitto.conf`` (anonymous access, persistence
     with autosave every second, unlimited queues for persistent sessions) and
     appends ``extra_config`` (e.g. ``password_file``/``acl_file`` lines).
+    With ``tls`` the only listener speaks TLS with that server certificate; with
+    ``users`` (name → password) a password file is written and anonymous access
+    is refused.
     """
     binary = find_binary(_BINARIES[MOSQUITTO], _PACKAGES[MOSQUITTO])
     base = _prepare_dir(run_dir, MOSQUITTO)
@@ -701,12 +777,24 @@ def start_mosquitto(
     data_dir.mkdir(exist_ok=True)
     conf = base / "mosquitto.conf"
     log_file = base / "mosquitto.log"
+    auth = ["allow_anonymous true"]
+    if users is not None:
+        passwd = write_mosquitto_passwords(base / "passwd", users)
+        auth = ["allow_anonymous false", f"password_file {_mosquitto_conf_value(passwd)}"]
+    listener_tls: list[str] = []
+    if tls is not None:
+        listener_tls = [f"cafile {_mosquitto_conf_value(tls.ca_cert)}",
+                        f"certfile {_mosquitto_conf_value(tls.server_cert)}",
+                        f"keyfile {_mosquitto_conf_value(tls.server_key)}"]
+    probe: Probe = _mqtt_probe if tls is None else functools.partial(
+        _mqtt_probe, ca_file=str(tls.ca_cert))
 
     def build(chosen: int) -> ManagedService:
         lines = [
             "# written by lifeline.harness; rewritten on every start_mosquitto()",
             f"listener {chosen} {LOOPBACK}",
-            "allow_anonymous true",
+            *listener_tls,
+            *auth,
             f"persistence {'true' if persistence else 'false'}",
             f"persistence_location {_mosquitto_conf_value(data_dir)}/",
             "autosave_interval 1",
@@ -732,7 +820,7 @@ def start_mosquitto(
             port=chosen,
             data_dir=data_dir,
             log_file=log_file,
-            probe=_mqtt_probe,
+            probe=probe,
             start_timeout=_START_TIMEOUT[MOSQUITTO],
             cwd=base,
         )

@@ -58,6 +58,7 @@ class AlertPipeline:
         self.raised = 0
         self.resolved = 0
         self.notified = 0
+        self.late = 0
 
     # -- findings ------------------------------------------------------------------------
     def process(self, findings: Sequence[Finding]) -> list[Alert]:
@@ -66,8 +67,11 @@ class AlertPipeline:
         for f in findings:
             try:
                 with self.cases.lock, self.engine.begin() as conn:
-                    alert = self._apply(conn, f)
-                    if alert is not None:
+                    if f.late:  # an episode already over: recorded, nobody notified
+                        alert = self._apply_late(conn, f)
+                        if alert is not None:
+                            changed.append(alert)
+                    elif (alert := self._apply(conn, f)) is not None:
                         changed.append(alert)
                         # case clocks run on the service clock: a backfilled old reading
                         # must not open a case that is overdue the moment it exists
@@ -140,6 +144,43 @@ class AlertPipeline:
             self.resolved += 1
             log.info("alert resolved device=%s rule=%s value=%s", f.device_id, f.rule_id,
                      f.value)
+        alert = alert_from_row(conn.execute(
+            sa.select(alerts).where(alerts.c.fingerprint == fp)).one())
+        self._pending_lines.append(alert_line(alert, at))
+        return alert
+
+    def _apply_late(self, conn: Connection, f: Finding) -> Alert | None:
+        """A late reading met a rule while its series was not firing: record an alert that
+        fired and resolved at the reading's own time, with no notification and no case.
+        An active alert, or one that already records something newer, is left alone."""
+        self.late += 1
+        fp = f"{f.device_id}/{f.rule_id}"
+        row = conn.execute(sa.select(alerts).where(alerts.c.fingerprint == fp)).first()
+        current = alert_from_row(row) if row is not None else None
+        at = f.ts_ns
+        if current is not None and (current.state is not AlertState.RESOLVED
+                                    or current.changed_ns >= at):
+            log.info("late finding left alone device=%s rule=%s (alert %s)", f.device_id,
+                     f.rule_id, current.state.value)
+            return None
+        v: dict[str, Any] = {
+            "value": f.value, "metric": f.metric, "state": AlertState.RESOLVED.value,
+            "severity": f.severity.value, "changed_ns": at, "fired_ns": at,
+            "resolved_ns": at, "suppressed": "late",
+            "notified_state": AlertState.RESOLVED.value,
+            "notified_severity": f.severity.value}
+        if current is None:
+            dev = self.registry.get(f.device_id)
+            v.update(fingerprint=fp, device_id=f.device_id, rule_id=f.rule_id,
+                     device_type=dev.type if dev else "", grid=dev.grid if dev else "",
+                     district=dev.district if dev else "", unit=dev.unit if dev else "",
+                     first_seen_ns=at, flapping=False, changes="", acked_by="",
+                     acked_ns=None, ack_note="", case_id=None)
+            conn.execute(alerts.insert().values(**v))
+        else:
+            conn.execute(alerts.update().where(alerts.c.id == current.id).values(**v))
+        log.info("late alert recorded device=%s rule=%s severity=%s value=%s at=%d",
+                 f.device_id, f.rule_id, f.severity.value, f.value, at)
         alert = alert_from_row(conn.execute(
             sa.select(alerts).where(alerts.c.fingerprint == fp)).one())
         self._pending_lines.append(alert_line(alert, at))

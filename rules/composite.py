@@ -32,8 +32,8 @@ class CompositeTracker:
 
     def feed(self, f: Finding, device: Device) -> Finding | None:
         """Take one component transition; returns the composite's transition, if any."""
-        if f.rule_id not in self._components:
-            return None
+        if f.rule_id not in self._components or f.late:
+            return None  # a late finding is an episode that is over: nothing to combine
         rule = self.rule
         if rule.device_types and device.type not in rule.device_types:
             return None

@@ -1,12 +1,15 @@
 """The rule engine: whole batches in, findings (transitions) out.
 
 Order of readings: within a batch each series' readings are evaluated in time
-order, whatever order they arrived in. A reading whose time is not after the last
-evaluated reading of its series from an earlier batch is *late*: it is stored by
-ingest like any other reading but not evaluated, because per-series rule state
-moves forward in time only — a late reading can neither rewind ``for``/EWMA/
-baseline state nor produce a transition dated before one already sent. Late
-readings and duplicates (a time already seen) are counted (``RuleEngine.late``).
+order, whatever order they arrived in. A reading older than the last evaluated
+reading of its series from an earlier batch is *late*: per-series rule state moves
+forward in time only, so a late reading never changes it (it can neither rewind
+``for``/EWMA/baseline state nor produce a transition dated before one already
+sent). ``threshold`` and ``zscore`` rules without ``for`` judge it against its own
+time without writing their state (:func:`rules.kernels.late_onsets`): an
+exceedance the live evaluation missed becomes a *late* finding (``Finding.late``),
+an episode that is already over. Late readings and duplicates (a time already
+seen) are counted (``RuleEngine.late``).
 """
 
 from __future__ import annotations
@@ -50,31 +53,41 @@ B = npt.NDArray[np.bool_]
 STATE_VERSION = 1
 
 
-def in_order_rows(series: I64, ts: I64, last_ts: I64) -> I64:
-    """Rows to evaluate, sorted by series and then time.
+def split_rows(series: I64, ts: I64, last_ts: I64) -> tuple[I64, I64]:
+    """(rows to evaluate, late rows), each sorted by series and then time.
 
     Within a batch each series' rows are put in time order (a gateway's array may
-    arrive in any order); a row is kept if its time is after the series' last
-    evaluated time from earlier batches (``last_ts``) and not equal to another
-    row's time in the batch (the first to arrive wins).
+    arrive in any order); of rows with equal (series, time) only the first to arrive
+    counts. A row is evaluated if its time is after the series' last evaluated time
+    from earlier batches (``last_ts``), late if it is before it; a row at that very
+    time is a duplicate and neither.
     """
     n = series.shape[0]
     if n == 0:
-        return np.empty(0, dtype=np.int64)
+        empty = np.empty(0, dtype=np.int64)
+        return empty, empty
     order = k.stable_order(series)
     s, t = series[order], ts[order]
     starts = np.ones(n, dtype=np.bool_)
     starts[1:] = s[1:] != s[:-1]
+    last = last_ts[s]
     if bool(np.all(starts[1:] | (t[1:] > t[:-1]))):  # already in time order
-        keep = t > last_ts[s]
+        keep, late = t > last, t < last
     else:
         order = np.lexsort((ts, series))  # stable: equal times keep arrival order
         s, t = series[order], ts[order]
         first = np.ones(n, dtype=np.bool_)  # first row of each (series, time)
         first[1:] = (s[1:] != s[:-1]) | (t[1:] != t[:-1])
-        keep = first & (t > last_ts[s])
+        last = last_ts[s]
+        keep, late = first & (t > last), first & (t < last)
     rows: I64 = order[keep]
-    return rows
+    late_rows: I64 = order[late] if late.any() else np.empty(0, dtype=np.int64)
+    return rows, late_rows
+
+
+def in_order_rows(series: I64, ts: I64, last_ts: I64) -> I64:
+    """The rows to evaluate of :func:`split_rows`."""
+    return split_rows(series, ts, last_ts)[0]
 
 
 def state_fields(rule: Rule) -> dict[str, tuple[Any, Any, int]]:
@@ -82,7 +95,7 @@ def state_fields(rule: Rule) -> dict[str, tuple[Any, Any, int]]:
     if isinstance(rule, ThresholdRule):
         return k.THRESHOLD_FIELDS
     if isinstance(rule, RateRule):
-        return k.RATE_FIELDS
+        return k.rate_fields(rule)
     if isinstance(rule, FlatlineRule):
         return k.FLATLINE_FIELDS
     if isinstance(rule, ZscoreRule):
@@ -214,23 +227,29 @@ class RuleEngine:
             return []
         with self._lock:
             self._grow_last_ts(len(self.series))
-            rows = in_order_rows(batch.series, batch.ts_ns, self.last_ts)
+            rows, late_rows = split_rows(batch.series, batch.ts_ns, self.last_ts)
             self.evaluated += n
             self.late += n - rows.shape[0]
             s, t, v = batch.series[rows], batch.ts_ns[rows], batch.value[rows]
-            if s.shape[0] == 0:
-                return []
-            seg_end = np.ones(s.shape[0], dtype=np.bool_)
-            seg_end[:-1] = s[1:] != s[:-1]
-            self.last_ts[s[seg_end]] = t[seg_end]
+            if s.shape[0]:
+                seg_end = np.ones(s.shape[0], dtype=np.bool_)
+                seg_end[:-1] = s[1:] != s[:-1]
+                self.last_ts[s[seg_end]] = t[seg_end]
             number = ~np.isnan(v)
             all_numbers = bool(number.all())
-            parts: list[tuple[int, I64, k.Transitions]] = []
+            parts: list[tuple[int, I64, k.Transitions, bool]] = []
             for index in range(len(self._slots)):
                 rule = self._slots[index].rule
                 if isinstance(rule, CompositeRule):
                     continue
                 slot = self._sync(index)
+                if late_rows.shape[0] and isinstance(rule, ThresholdRule | ZscoreRule) \
+                        and not rule.for_ns:
+                    late = self._late(index, slot, batch, late_rows)
+                    if late is not None:
+                        parts.append(late)
+                if not s.shape[0]:
+                    continue
                 mask = slot.applies[s]
                 if not isinstance(rule, ThresholdRule | StaleRule) and not all_numbers:
                     mask &= number
@@ -243,8 +262,29 @@ class RuleEngine:
                 with np.errstate(all="ignore"):  # huge z or rates are findings, not errors
                     tr = self._kernel(slot, ms, mt, mv)
                 if tr.rows.shape[0]:
-                    parts.append((index, ms[tr.rows], tr))
+                    parts.append((index, ms[tr.rows], tr, False))
             return self._findings(parts)
+
+    def _late(self, index: int, slot: _Slot, batch: Readings, late_rows: I64
+              ) -> tuple[int, I64, k.Transitions, bool] | None:
+        """Late findings of one threshold/zscore rule (its state is only read)."""
+        ls = batch.series[late_rows]
+        mask = slot.applies[ls]
+        if isinstance(slot.rule, ZscoreRule):
+            mask &= ~np.isnan(batch.value[late_rows])
+        if not mask.any():
+            return None
+        rows = late_rows[mask]
+        s, t, v = batch.series[rows], batch.ts_ns[rows], batch.value[rows]
+        with np.errstate(all="ignore"):
+            if isinstance(slot.rule, ThresholdRule):
+                tr = k.threshold_late(slot.rule, slot.state, s, t, v, slot.limit, slot.clear)
+            else:
+                assert isinstance(slot.rule, ZscoreRule)
+                tr = k.zscore_late(slot.rule, slot.state, s, t, v)
+        if not tr.rows.shape[0]:
+            return None
+        return index, s[tr.rows], tr, True
 
     def _grow_last_ts(self, total: int) -> None:
         have = self.last_ts.shape[0]
@@ -298,16 +338,16 @@ class RuleEngine:
         """
         with self._lock:
             self._devices_changed()
-            parts: list[tuple[int, I64, k.Transitions]] = []
+            parts: list[tuple[int, I64, k.Transitions, bool]] = []
             for index, slot in enumerate(self._slots):
                 if isinstance(slot.rule, StaleRule):
                     self._sync(index)
                     tr = k.stale_tick(slot.rule, slot.state, slot.applies, now_ns)
                     if tr.rows.shape[0]:
-                        parts.append((index, tr.rows, tr))
+                        parts.append((index, tr.rows, tr, False))
             return self._findings(parts)
 
-    def _findings(self, parts: list[tuple[int, I64, k.Transitions]]) -> list[Finding]:
+    def _findings(self, parts: list[tuple[int, I64, k.Transitions, bool]]) -> list[Finding]:
         if not parts:
             return []
         idx = np.concatenate([np.full(p[1].shape[0], p[0], np.int64) for p in parts])
@@ -315,18 +355,19 @@ class RuleEngine:
         fire = np.concatenate([p[2].fire for p in parts])
         ts = np.concatenate([p[2].ts for p in parts])
         val = np.concatenate([p[2].value for p in parts])
+        late = np.concatenate([np.full(p[1].shape[0], p[3], np.bool_) for p in parts])
         order = np.lexsort((~fire, sid, idx, ts))
         out: list[Finding] = []
         trackers = [slot.tracker for slot in self._slots if slot.tracker is not None]
         devices, metrics, slots = self.series.devices, self.series.metrics, self._slots
         firing, resolved = FindingState.FIRING, FindingState.RESOLVED
-        for i, s_id, f_on, t_ns, value in zip(
+        for i, s_id, f_on, t_ns, value, f_late in zip(
                 idx[order].tolist(), sid[order].tolist(), fire[order].tolist(),
-                ts[order].tolist(), val[order].tolist(), strict=True):
+                ts[order].tolist(), val[order].tolist(), late[order].tolist(), strict=True):
             rule = slots[i].rule
             dev = devices[s_id]
             f = Finding(rule.id, dev.id, metrics[s_id], firing if f_on else resolved,
-                        rule.severity, t_ns, value)
+                        rule.severity, t_ns, value, f_late)
             out.append(f)
             for tracker in trackers:
                 c = tracker.feed(f, dev)
@@ -410,6 +451,40 @@ class RuleEngine:
                     last_t[dst[seen]] = np.maximum(last_t[dst[seen]], now_ns)
         log.info("rule state restored from %s: %d series", path, len(new_ids))
         return len(new_ids)
+
+    def sync_firing(self, active: Sequence[tuple[str, str, str]],
+                    lookup: Callable[[str], Device | None]) -> int:
+        """Make each rule fire for exactly the series of the open alerts.
+
+        ``active``: ``(rule id, device id, metric)`` of every pending or firing alert in
+        the service database. After a crash the restored state can be older than the
+        alerts (an alert firing that the state does not know would never resolve; one
+        resolved meanwhile would never fire again). Composite rules are left alone.
+        Returns the number of series changed.
+        """
+        want: dict[str, list[int]] = {}
+        for rule_id, device_id, metric in active:
+            dev = lookup(device_id)
+            if dev is not None:
+                want.setdefault(rule_id, []).append(self.series.id_for(dev, metric))
+        changed = 0
+        with self._lock:
+            total = len(self.series)
+            self._grow_last_ts(total)
+            for index, slot in enumerate(self._slots):
+                if slot.tracker is not None or "firing" not in slot.state.arrays:
+                    continue
+                self._sync(index)
+                firing = slot.state["firing"]
+                target = np.zeros(total, dtype=np.bool_)
+                target[np.array(want.get(slot.rule.id, []), dtype=np.int64)] = True
+                target &= slot.applies[:total]
+                diff = np.flatnonzero(firing[:total] != target)
+                firing[diff] = target[diff]
+                if "raw_on" in slot.state.arrays:  # latched kinds: the raw condition too
+                    slot.state["raw_on"][diff] = target[diff]
+                changed += int(diff.shape[0])
+        return changed
 
     def describe(self) -> list[dict[str, Any]]:
         """Each rule with the number of series it applies to and is firing for."""

@@ -1,10 +1,12 @@
 """Numpy kernels: every kind over whole batches, plus the shared anti-flap latch.
 
 Every kernel takes rows sorted by (series, time), each newer than everything
-before it in its series (the engine filters late readings), and returns the
+before it in its series (the engine sets late readings apart), and returns the
 transitions as ``Transitions``. Per-series state lives in a ``SeriesState``
 indexed by series id and is updated in place, so that feeding a batch equals
 feeding its readings one at a time (proven against :mod:`rules.reference`).
+Late readings of ``threshold`` and ``zscore`` rules are judged by
+:func:`late_onsets`, which reads the rule state and never writes it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy.typing as npt
 
 from rules.model import (
     DAY_NS,
+    RATE_LOOKBACK,
     FlatlineRule,
     MnfRule,
     RateRule,
@@ -203,6 +206,11 @@ def latch_all(state: SeriesState, series: I64, ts: I64, set_ev: B, reset_ev: B,
     fire = np.where(raw, carry | cond_on, carry & ~cond_off)
     prev_fire = previous(fire, firing, series, seg)
     changed = np.flatnonzero(fire != prev_fire)
+    if "last_change" in state.arrays and changed.shape[0]:
+        cs = series[changed]
+        final = np.ones(cs.shape[0], dtype=np.bool_)
+        final[:-1] = cs[1:] != cs[:-1]
+        state["last_change"][cs[final]] = ts[changed[final]]
     last = seg.end_idx
     s_last = series[last]
     raw_on[s_last] = raw[last]
@@ -219,9 +227,51 @@ def _latched(state: SeriesState, rule: Any, series: I64, ts: I64, value: F64, se
     return Transitions(rows, fire, ts[rows], value[rows])
 
 
+# ---------------------------------------------------------------- late readings
+
+LATE_FIELDS: dict[str, tuple[Any, Any, int]] = {
+    "last_change": (np.int64, I64_MIN, 0),  # time of the series' last transition
+    "late_on": (np.bool_, False, 0),  # hysteresis of the late readings judged so far
+    "late_t": (np.int64, I64_MIN, 0),  # time of the last late reading judged
+}
+
+
+def late_onsets(state: SeriesState, series: I64, ts: I64, value: F64, set_ev: B,
+                reset_ev: B) -> Transitions:
+    """Late readings that start an episode the live evaluation missed.
+
+    Rows: late readings (each older than its series' last evaluated reading), sorted by
+    series and time. The firing state at a late reading's time is known only when it
+    is after the series' last transition: it is the current one. Such a reading, while
+    the series is not firing and newer than the late readings judged before, goes
+    through a hysteresis of its own (``late_on``, ``late_t``; reset by any later live
+    transition) and fires a late finding where that turns on. The rule's own state
+    (latch, EWMA, windows) is only read.
+    """
+    lc = state["last_change"][series]
+    lt = state["late_t"][series]
+    ok = ~state["firing"][series] & (ts > np.maximum(lc, lt))
+    if not ok.any():
+        return empty_transitions()
+    sub = np.flatnonzero(ok)
+    s, se, re_ = series[sub], set_ev[sub], reset_ev[sub]
+    seg = Segments.of(s)
+    init = state["late_on"][s] & (lt[sub] > lc[sub])
+    last_ev, has_ev = ffill_index(se | re_, seg)
+    raw = np.where(has_ev, se[last_ev], init)
+    prev = np.empty_like(raw)
+    prev[1:] = raw[:-1]
+    prev[seg.start_idx] = init[seg.start_idx]
+    on = sub[np.flatnonzero(raw & ~prev)]
+    ends = seg.end_idx
+    state["late_on"][s[ends]] = raw[ends]
+    state["late_t"][s[ends]] = ts[sub[ends]]
+    return Transitions(on, np.ones(on.shape[0], dtype=np.bool_), ts[on], value[on])
+
+
 # ---------------------------------------------------------------- threshold
 
-THRESHOLD_FIELDS = dict(LATCH_FIELDS)
+THRESHOLD_FIELDS = {**LATCH_FIELDS, **LATE_FIELDS}
 
 
 def threshold_limits(rule: ThresholdRule) -> tuple[bool, float, float]:
@@ -232,16 +282,28 @@ def threshold_limits(rule: ThresholdRule) -> tuple[bool, float, float]:
     return False, rule.below, rule.clear if rule.clear is not None else rule.below
 
 
+def threshold_events(rule: ThresholdRule, series: I64, value: F64, limit: F64, clear: F64
+                     ) -> tuple[B, B]:
+    """(set, reset) of each row; ``limit``/``clear``: per-series arrays."""
+    lim, clr = limit[series], clear[series]
+    if rule.above is not None:
+        return value >= lim, value < clr
+    return value <= lim, value > clr
+
+
 def threshold_kernel(rule: ThresholdRule, state: SeriesState, series: I64, ts: I64,
                      value: F64, limit: F64, clear: F64) -> Transitions:
     """``limit``/``clear``: per-series arrays (device overrides applied)."""
     seg = Segments.of(series)
-    lim, clr = limit[series], clear[series]
-    if rule.above is not None:
-        set_ev, reset_ev = value >= lim, value < clr
-    else:
-        set_ev, reset_ev = value <= lim, value > clr
+    set_ev, reset_ev = threshold_events(rule, series, value, limit, clear)
     return _latched(state, rule, series, ts, value, set_ev, reset_ev, seg)
+
+
+def threshold_late(rule: ThresholdRule, state: SeriesState, series: I64, ts: I64,
+                   value: F64, limit: F64, clear: F64) -> Transitions:
+    """Late findings of late rows (see :func:`late_onsets`)."""
+    set_ev, reset_ev = threshold_events(rule, series, value, limit, clear)
+    return late_onsets(state, series, ts, value, set_ev, reset_ev)
 
 
 # ---------------------------------------------------------------- rate
@@ -251,10 +313,6 @@ PREV_FIELDS: dict[str, tuple[Any, Any, int]] = {
     "last_t": (np.int64, 0, 0),
     "last_v": (np.float64, 0.0, 0),
 }
-RATE_FIELDS = {**LATCH_FIELDS, **PREV_FIELDS, "seen2": (np.bool_, False, 0),
-               "prev_t": (np.int64, 0, 0), "prev_v": (np.float64, 0.0, 0)}
-
-
 def _prev_reading(state: SeriesState, series: I64, ts: I64, value: F64, seg: Segments
                   ) -> tuple[B, I64, F64]:
     has = np.ones(series.shape[0], dtype=np.bool_)
@@ -268,29 +326,103 @@ def _prev_reading(state: SeriesState, series: I64, ts: I64, value: F64, seg: Seg
     return has, pt, pv
 
 
+def rate_fields(rule: RateRule) -> dict[str, tuple[Any, Any, int]]:
+    """State of a rate rule: a ring of the last ``RATE_LOOKBACK + depth`` readings
+    (``count`` readings ever written, the next goes to slot ``count % width``) and when
+    the current run began."""
+    width = RATE_LOOKBACK + rule.depth
+    return {**LATCH_FIELDS, "count": (np.int64, 0, 0), "run_t": (np.int64, 0, 0),
+            "hist_t": (np.int64, 0, width), "hist_v": (np.float64, 0.0, width)}
+
+
+class _History:
+    """The readings before each row of a batch: earlier rows of its series in the batch,
+    then the series' ring."""
+
+    def __init__(self, state: SeriesState, series: I64, ts: I64, value: F64,
+                 seg: Segments) -> None:
+        self.hist_t, self.hist_v = state["hist_t"], state["hist_v"]
+        self.width = self.hist_t.shape[1]
+        self.ts, self.value, self.series = ts, value, series
+        self.rows = seg.rows
+        self.rank = seg.rows - seg.first
+        self.count = state["count"][series]
+        self.local = self.count % self.width  # the slot the next reading goes to
+        self.base = series * self.width
+
+    def _where(self, b: I64, rows: I64 | None) -> tuple[B, I64, I64, B]:
+        """(in the batch, batch index, flat ring index, exists); indices are only
+        meaningful where used (``take`` clips them)."""
+        if rows is None:
+            r, count, local, base, idx = (self.rank, self.count, self.local, self.base,
+                                          self.rows)
+        else:
+            r, count, local, base, idx = (self.rank[rows], self.count[rows], self.local[rows],
+                                          self.base[rows], rows)
+        in_batch = b <= r
+        deep = b - r  # 1 .. width where the ring is read
+        exists = in_batch | (deep <= count)
+        slot = local - deep
+        slot += self.width * (slot < 0)
+        return in_batch, idx - b, base + slot, exists
+
+    def time(self, b: I64, rows: I64 | None = None) -> tuple[I64, B]:
+        """Time and existence of the reading ``b`` readings before each row."""
+        in_batch, bi, flat, exists = self._where(b, rows)
+        t = np.where(in_batch, self.ts.take(bi, mode="clip"),
+                     self.hist_t.ravel().take(flat, mode="clip"))
+        return t, exists
+
+    def back(self, b: I64, rows: I64 | None = None) -> tuple[I64, F64, B]:
+        """Time, value and existence of the reading ``b`` readings before each row."""
+        in_batch, bi, flat, exists = self._where(b, rows)
+        t = np.where(in_batch, self.ts.take(bi, mode="clip"),
+                     self.hist_t.ravel().take(flat, mode="clip"))
+        v = np.where(in_batch, self.value.take(bi, mode="clip"),
+                     self.hist_v.ravel().take(flat, mode="clip"))
+        return t, v, exists
+
+
 def rate_kernel(rule: RateRule, state: SeriesState, series: I64, ts: I64,
                 value: F64) -> Transitions:
-    """Rate of change since the previous reading, per ``per``; no rate across a gap
-    longer than ``window``. With ``spike_filter`` the change is taken from the
-    previous reading or the one before, whichever makes it smaller, so a single
-    spiking reading and its return are not a rise and a drop."""
+    """Change per ``per`` since the reference reading: the latest reading at least
+    ``min_span`` older, at most ``RATE_LOOKBACK`` readings back, with no gap longer than
+    ``window`` between them. The spike filter also takes the ``spike_readings`` readings
+    before the reference and keeps the smallest change."""
     seg = Segments.of(series)
-    has, pt, pv = _prev_reading(state, series, ts, value, seg)
-    has2 = previous(has, state["seen2"], series, seg)
-    pt2 = previous(pt, state["prev_t"], series, seg)
-    pv2 = previous(pv, state["prev_v"], series, seg)
-    ends = series[seg.end_idx]
-    state["seen2"][ends] = has[seg.end_idx]
-    state["prev_t"][ends] = pt[seg.end_idx]
-    state["prev_v"][ends] = pv[seg.end_idx]
-    gap = ts - pt
-    valid = has & (gap <= rule.window_ns)
-    ref = pv
-    if rule.spike_filter:
-        both = valid & has2 & ((ts - pt2) <= rule.window_ns)
-        ref = np.where(both, np.maximum(pv, pv2) if rule.max_rise is not None
-                       else np.minimum(pv, pv2), pv)
-    rate = (value - ref) * float(rule.per_ns) / np.where(valid, gap, 1).astype(np.float64)
+    n = series.shape[0]
+    h = _History(state, series, ts, value, seg)
+    pt, has = h.time(np.ones(n, dtype=np.int64))
+    brk = ~has | ((ts - pt) > rule.window_ns)
+    i_brk, has_brk = ffill_index(brk, seg)
+    run_t = np.where(has_brk, ts[i_brk], state["run_t"][series])
+    # the first b in 1..RATE_LOOKBACK whose reading is old enough (or missing): most
+    # often the previous one; else a binary search (times fall as b grows)
+    latest = ts - rule.span_ns
+    b = np.ones(n, dtype=np.int64)
+    rest = np.flatnonzero(has & (pt > latest))
+    if rest.shape[0]:
+        lo = np.full(rest.shape[0], 2, dtype=np.int64)
+        hi = np.full(rest.shape[0], RATE_LOOKBACK + 1, dtype=np.int64)
+        late = latest[rest]
+        for _ in range(RATE_LOOKBACK.bit_length()):
+            mid = (lo + hi) // 2
+            t_m, ex = h.time(np.minimum(mid, RATE_LOOKBACK), rest)
+            low = (lo < hi) & (~ex | (t_m <= late))
+            hi = np.where(low, mid, hi)
+            lo = np.where(low | (lo >= hi), lo, mid + 1)
+        b[rest] = np.minimum(lo, RATE_LOOKBACK)  # none old enough: the oldest looked at
+    t_j, ref, ex = h.back(b)
+    valid = ex & (t_j >= run_t)
+    rows = np.flatnonzero(valid)
+    b, t_j, ref, rt = b[rows], t_j[rows], ref[rows], run_t[rows]
+    rise = rule.max_rise is not None
+    for d in range(1, rule.depth + 1):
+        t_d, v_d, ex = h.back(b + d, rows)
+        ok = ex & (t_d >= rt)
+        ref = np.where(ok, np.maximum(ref, v_d) if rise else np.minimum(ref, v_d), ref)
+    rate = np.full(n, np.nan)
+    rate[rows] = (value[rows] - ref) * float(rule.per_ns) / (ts[rows] - t_j).astype(np.float64)
     shown = np.where(valid, rate, value)
     if rule.max_rise is not None:
         clear = rule.clear if rule.clear is not None else rule.max_rise
@@ -299,6 +431,16 @@ def rate_kernel(rule: RateRule, state: SeriesState, series: I64, ts: I64,
         assert rule.max_drop is not None
         clear = rule.clear if rule.clear is not None else rule.max_drop
         set_ev, reset_ev = valid & (rate <= -rule.max_drop), valid & (rate > -clear)
+    # the ring takes the last `width` rows of each series
+    ends = seg.end_idx
+    length = (ends - seg.start_idx + 1)[np.cumsum(seg.starts) - 1]
+    keep = np.flatnonzero(h.rank >= length - h.width)
+    slot = (h.count[keep] + h.rank[keep]) % h.width
+    h.hist_t[series[keep], slot] = ts[keep]
+    h.hist_v[series[keep], slot] = value[keep]
+    s_end = series[ends]
+    state["count"][s_end] = h.count[ends] + h.rank[ends] + 1
+    state["run_t"][s_end] = run_t[ends]
     return _latched(state, rule, series, ts, shown, set_ev, reset_ev, seg)
 
 
@@ -367,7 +509,8 @@ def row_median(buf: F64, count: I64) -> F64:
 
 def zscore_fields(rule: ZscoreRule) -> dict[str, tuple[Any, Any, int]]:
     """State of a zscore rule (robust: a ring buffer of ``window`` values per series)."""
-    fields = {**LATCH_FIELDS, "count": (np.int64, 0, 0), "last_t": (np.int64, 0, 0)}
+    fields = {**LATCH_FIELDS, **LATE_FIELDS, "count": (np.int64, 0, 0),
+              "last_t": (np.int64, 0, 0)}
     if rule.robust:
         fields["buf"] = (np.float64, np.nan, rule.window)
     else:
@@ -402,15 +545,7 @@ def zscore_kernel(rule: ZscoreRule, state: SeriesState, series: I64, ts: I64,
             w = rule.window
             full = c >= w
             if full.any():
-                sf, xf = s[full], x[full]
-                b = buf[sf]
-                med = full_row_median(b)
-                dev = np.abs(b - med[:, None])
-                mad = full_row_median(dev) * 1.4826
-                meanad = dev.mean(axis=1) * 1.2533
-                scale = np.maximum(np.where(mad > 0, mad, meanad), rule.min_std)
-                z = np.where(scale > 0, (xf - med) / np.where(scale > 0, scale, 1.0), np.nan)
-                zs[rows[full]] = z
+                zs[rows[full]] = robust_z(rule, buf[s[full]], x[full])
             buf[s, c % w] = x
         else:
             mean, var = state["mean"], state["var"]
@@ -420,10 +555,8 @@ def zscore_kernel(rule: ZscoreRule, state: SeriesState, series: I64, ts: I64,
                 a = 1.0 - decay(gap / float(hl_ns))
             else:
                 a = np.full(s.shape[0], alpha)
-            ready = c >= rule.min_samples
-            std = np.maximum(np.sqrt(v), rule.min_std)
             d = x - m
-            zs[rows] = np.where(ready & (std > 0), d / np.where(std > 0, std, 1.0), np.nan)
+            zs[rows] = ewma_z(rule, c, v, d)
             first = c == 0
             incr = a * d
             mean[s] = np.where(first, x, m + incr)
@@ -433,8 +566,27 @@ def zscore_kernel(rule: ZscoreRule, state: SeriesState, series: I64, ts: I64,
     return _z_transitions(rule, state, series, ts, value, zs, seg)
 
 
-def _z_transitions(rule: ZscoreRule, state: SeriesState, series: I64, ts: I64, value: F64,
-                   zs: F64, seg: Segments) -> Transitions:
+def robust_z(rule: ZscoreRule, b: F64, x: F64) -> F64:
+    """z of ``x`` against the median and MAD of each row of the full window ``b``."""
+    med = full_row_median(b)
+    dev = np.abs(b - med[:, None])
+    mad = full_row_median(dev) * 1.4826
+    meanad = dev.mean(axis=1) * 1.2533
+    scale = np.maximum(np.where(mad > 0, mad, meanad), rule.min_std)
+    z: F64 = np.where(scale > 0, (x - med) / np.where(scale > 0, scale, 1.0), np.nan)
+    return z
+
+
+def ewma_z(rule: ZscoreRule, count: I64, var: F64, d: F64) -> F64:
+    """z of deviations ``d`` from the EWMA mean (NaN before ``min_samples`` or at no spread)."""
+    std = np.maximum(np.sqrt(var), rule.min_std)
+    z: F64 = np.where((count >= rule.min_samples) & (std > 0),
+                      d / np.where(std > 0, std, 1.0), np.nan)
+    return z
+
+
+def z_events(rule: ZscoreRule, zs: F64) -> tuple[B, B]:
+    """(set, reset) of each z (NaN: neither)."""
     known = ~np.isnan(zs)
     zz = np.where(known, zs, 0.0)
     clear = rule.clear_z
@@ -444,7 +596,28 @@ def _z_transitions(rule: ZscoreRule, state: SeriesState, series: I64, ts: I64, v
         set_ev, reset_ev = zz <= -rule.z, zz > -clear
     else:
         set_ev, reset_ev = np.abs(zz) >= rule.z, np.abs(zz) < clear
-    return _latched(state, rule, series, ts, value, known & set_ev, known & reset_ev, seg)
+    return known & set_ev, known & reset_ev
+
+
+def _z_transitions(rule: ZscoreRule, state: SeriesState, series: I64, ts: I64, value: F64,
+                   zs: F64, seg: Segments) -> Transitions:
+    set_ev, reset_ev = z_events(rule, zs)
+    return _latched(state, rule, series, ts, value, set_ev, reset_ev, seg)
+
+
+def zscore_late(rule: ZscoreRule, state: SeriesState, series: I64, ts: I64,
+                value: F64) -> Transitions:
+    """Late findings of late rows: z against the series' current history, unchanged."""
+    count = state["count"][series]
+    if rule.robust:
+        zs = np.full(series.shape[0], np.nan)
+        full = count >= rule.window
+        if full.any():
+            zs[full] = robust_z(rule, state["buf"][series[full]], value[full])
+    else:
+        zs = ewma_z(rule, count, state["var"][series], value - state["mean"][series])
+    set_ev, reset_ev = z_events(rule, zs)
+    return late_onsets(state, series, ts, value, set_ev, reset_ev)
 
 
 # ---------------------------------------------------------------- stale

@@ -106,15 +106,23 @@ class ThresholdRule(RuleBase):
         return self
 
 
-class RateRule(RuleBase):
-    """Fire when the change between consecutive readings, per ``per``, reaches a limit.
+RATE_LOOKBACK = 16
+"""How many readings back a rate looks for its reference reading at most."""
 
-    A rate is computed only when the previous reading is at most ``window`` older;
-    after a longer gap the state is left as it is. ``clear`` (same unit, default the
+
+class RateRule(RuleBase):
+    """Fire when the change of a value, per ``per``, reaches a limit.
+
+    The change is measured from the *reference reading*: the latest reading at
+    least ``min_span`` (default ``per``) older, looking back at most
+    ``RATE_LOOKBACK`` readings (a series reporting faster uses the reading that many
+    back). No rate spans a gap between consecutive readings longer than ``window``;
+    without a rate the state is left as it is. ``clear`` (same unit, default the
     limit) is the hysteresis: resolve only when the rate is back below it.
-    ``spike_filter`` (default on): the change is measured from the previous reading
-    or the one before it, whichever gives the smaller change, so one spiking
-    reading and its return are neither a rise nor a drop.
+    ``spike_filter`` (default on): the change is measured from the reference reading
+    or one of the ``spike_readings`` readings before it, whichever gives the smallest
+    change, so an excursion of up to ``spike_readings`` readings and its return are
+    not a rise and a drop.
     """
 
     kind: Literal["rate"]
@@ -124,7 +132,9 @@ class RateRule(RuleBase):
     clear: Finite | None = Field(default=None, ge=0)
     per_ns: DurationNs = Field(default=60_000_000_000, alias="per", gt=0)
     window_ns: DurationNs = Field(default=900_000_000_000, alias="window", gt=0)
+    min_span_ns: DurationNs | None = Field(default=None, alias="min_span")
     spike_filter: bool = True
+    spike_readings: int = Field(default=2, ge=1, le=8)
 
     @model_validator(mode="after")
     def _check(self) -> RateRule:
@@ -134,6 +144,16 @@ class RateRule(RuleBase):
         if self.clear is not None and limit is not None and self.clear > limit:
             raise ValueError("'clear' must be <= the limit (hysteresis)")
         return self
+
+    @property
+    def span_ns(self) -> int:
+        """Minimum time between a reading and its reference reading."""
+        return self.per_ns if self.min_span_ns is None else self.min_span_ns
+
+    @property
+    def depth(self) -> int:
+        """Readings before the reference reading the spike filter also considers."""
+        return self.spike_readings if self.spike_filter else 0
 
 
 class ZscoreRule(RuleBase):
@@ -315,6 +335,9 @@ class Finding:
     severity: Severity
     ts_ns: int
     value: float
+    late: bool = False
+    """A late reading (older than its series' last evaluated one) met the firing
+    condition: an episode that is already over, never a live transition."""
 
 
 class Readings(Protocol):

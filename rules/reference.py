@@ -2,8 +2,10 @@
 
 Small and readable on purpose; the numpy kernels in :mod:`rules.kernels` must
 produce exactly the same transitions (hypothesis tests prove it). Readings are
-``(series, ts_ns, value)``; a reading not newer than the last reading of its
-series is late and changes nothing. NaN values are ignored by every kind but
+``(series, ts_ns, value)``; a reading older than the last reading of its series
+is late and changes no state: ``threshold`` and ``zscore`` rules without ``for``
+judge it (:func:`late_step`), the others ignore it; a reading at the series' last
+time is a duplicate. NaN values are ignored by every kind but
 ``threshold`` (where they neither set nor reset the condition) and ``stale``
 (where they count as a reading).
 """
@@ -23,6 +25,7 @@ from rules.engine import device_limits
 from rules.kernels import decay, mnf_judge, threshold_limits, utc_offset_ns, zscore_alpha
 from rules.model import (
     DAY_NS,
+    RATE_LOOKBACK,
     CompositeRule,
     Finding,
     FindingState,
@@ -38,6 +41,7 @@ from rules.model import (
 )
 
 Out = tuple[int, bool, float]  # (ts, firing, value)
+NEVER = -(2**63)
 
 
 @dataclass
@@ -48,6 +52,7 @@ class Latch:
     on_since: int = 0
     off_since: int = 0
     firing: bool = False
+    last_change: int = NEVER
 
     def step(self, rule: Any, t: int, set_: bool, reset: bool, value: float) -> list[Out]:
         """Feed one reading's events; returns the transition, if any."""
@@ -63,6 +68,8 @@ class Latch:
             fire = self.firing and t - self.off_since < rule.keep_firing_for_ns
         changed = fire != self.firing
         self.firing = fire
+        if changed:
+            self.last_change = t
         return [(t, fire, value)] if changed else []
 
 
@@ -74,9 +81,9 @@ class SeriesRef:
     seen: bool = False
     last_t: int = 0
     last_v: float = 0.0
-    seen2: bool = False
-    prev_t: int = 0
-    prev_v: float = 0.0
+    hist: list[tuple[int, float]] = field(default_factory=list)
+    late_on: bool = False
+    late_t: int = NEVER
     run_t: int = 0
     run_v: float = 0.0
     count: int = 0
@@ -106,15 +113,33 @@ def threshold_step(rule: ThresholdRule, st: SeriesRef, t: int, v: float,
 
 
 def rate_step(rule: RateRule, st: SeriesRef, t: int, v: float) -> list[Out]:
-    """Rate against the previous reading (spike filter: or the one before it)."""
-    valid = st.seen and t - st.last_t <= rule.window_ns
-    ref = st.last_v
-    if rule.spike_filter and valid and st.seen2 and t - st.prev_t <= rule.window_ns:
-        pair = (st.last_v, st.prev_v)
-        ref = max(pair) if rule.max_rise is not None else min(pair)
-    rate = (v - ref) * float(rule.per_ns) / float(t - st.last_t) if valid else v
-    st.seen2, st.prev_t, st.prev_v = st.seen, st.last_t, st.last_v
-    st.seen, st.last_t, st.last_v = True, t, v
+    """Rate against the reference reading: the latest one at least ``min_span`` older,
+    at most ``RATE_LOOKBACK`` back, no gap over ``window`` in between (spike filter:
+    or one of the ``spike_readings`` before it, whichever changes least)."""
+    if not st.hist or t - st.hist[-1][0] > rule.window_ns:
+        st.run_t = t  # a new run: nothing before the gap counts
+
+    def usable(b: int) -> bool:
+        return b <= len(st.hist) and st.hist[-b][0] >= st.run_t
+
+    j = 0
+    for b in range(1, RATE_LOOKBACK + 1):
+        if not usable(b):
+            break
+        if st.hist[-b][0] <= t - rule.span_ns or b == RATE_LOOKBACK:
+            j = b
+            break
+    rate = v
+    if j:
+        t_j, ref = st.hist[-j]
+        for b in range(j + 1, j + rule.depth + 1):
+            if usable(b):
+                ref = max(ref, st.hist[-b][1]) if rule.max_rise is not None else min(
+                    ref, st.hist[-b][1])
+        rate = (v - ref) * float(rule.per_ns) / float(t - t_j)
+    st.hist.append((t, v))
+    del st.hist[:-(RATE_LOOKBACK + rule.depth)]
+    valid = j > 0
     if rule.max_rise is not None:
         clear = rule.clear if rule.clear is not None else rule.max_rise
         return st.latch.step(rule, t, valid and rate >= rule.max_rise,
@@ -136,17 +161,39 @@ def flatline_step(rule: FlatlineRule, st: SeriesRef, t: int, v: float) -> list[O
     return st.latch.step(rule, t, flat, not flat, v)
 
 
+def z_of(rule: ZscoreRule, st: SeriesRef, v: float) -> float | None:
+    """z of ``v`` against the series' history as it is (None: not judged yet)."""
+    if rule.robust:
+        if st.count < rule.window:
+            return None
+        med = _median(st.buf)
+        devs = [abs(b - med) for b in st.buf]
+        mad = _median(devs) * 1.4826
+        meanad = float(np.array(devs).mean()) * 1.2533
+        scale = max(mad if mad > 0 else meanad, rule.min_std)
+        return (v - med) / scale if scale > 0 else None
+    std = max(math.sqrt(st.var), rule.min_std)
+    if st.count >= rule.min_samples and std > 0:
+        return (v - st.mean) / std
+    return None
+
+
+def z_events(rule: ZscoreRule, z: float | None) -> tuple[bool, bool]:
+    """(set, reset) of one z."""
+    if z is None:
+        return False, False
+    c = rule.clear_z
+    if rule.direction == "up":
+        return z >= rule.z, z < c
+    if rule.direction == "down":
+        return z <= -rule.z, z > -c
+    return abs(z) >= rule.z, abs(z) < c
+
+
 def zscore_step(rule: ZscoreRule, st: SeriesRef, t: int, v: float) -> list[Out]:
     """z against the history before this reading; then the history takes it in."""
-    z: float | None = None
+    z = z_of(rule, st, v)
     if rule.robust:
-        if st.count >= rule.window:
-            med = _median(st.buf)
-            devs = [abs(b - med) for b in st.buf]
-            mad = _median(devs) * 1.4826
-            meanad = float(np.array(devs).mean()) * 1.2533
-            scale = max(mad if mad > 0 else meanad, rule.min_std)
-            z = (v - med) / scale if scale > 0 else None
         if len(st.buf) < rule.window:
             st.buf.append(v)
         else:
@@ -156,10 +203,7 @@ def zscore_step(rule: ZscoreRule, st: SeriesRef, t: int, v: float) -> list[Out]:
         if alpha is None:
             hl = float(parse_duration_ns(rule.halflife))
             alpha = 1.0 - float(decay(np.array([float(t - st.last_t) / hl]))[0])
-        std = max(math.sqrt(st.var), rule.min_std)
         d = v - st.mean
-        if st.count >= rule.min_samples and std > 0:
-            z = d / std
         if st.count == 0:
             st.mean, st.var = v, 0.0
         else:
@@ -167,14 +211,34 @@ def zscore_step(rule: ZscoreRule, st: SeriesRef, t: int, v: float) -> list[Out]:
             st.mean, st.var = st.mean + incr, (1.0 - alpha) * (st.var + d * incr)
     st.count += 1
     st.last_t = t
-    if z is None:
-        return st.latch.step(rule, t, False, False, v)
-    c = rule.clear_z
-    if rule.direction == "up":
-        return st.latch.step(rule, t, z >= rule.z, z < c, v)
-    if rule.direction == "down":
-        return st.latch.step(rule, t, z <= -rule.z, z > -c, v)
-    return st.latch.step(rule, t, abs(z) >= rule.z, abs(z) < c, v)
+    set_, reset = z_events(rule, z)
+    return st.latch.step(rule, t, set_, reset, v)
+
+
+def late_step(rule: Rule, st: SeriesRef, t: int, v: float, limit: float | None = None,
+              clear: float | None = None) -> list[Out]:
+    """A late reading: never changes the rule's state. For ``threshold``/``zscore``
+    without ``for``, while the series is not firing and the reading is after its last
+    transition and after the late readings judged before, it goes through the late
+    hysteresis (reset by a later live transition); turning it on is a late firing."""
+    if not isinstance(rule, ThresholdRule | ZscoreRule) or rule.for_ns:
+        return []
+    if isinstance(rule, ZscoreRule) and math.isnan(v):
+        return []
+    lt = st.latch
+    if lt.firing or t <= max(lt.last_change, st.late_t):
+        return []
+    on = st.late_on and st.late_t > lt.last_change
+    if isinstance(rule, ThresholdRule):
+        upward, lim, clr = threshold_limits(rule)
+        lim = lim if limit is None else limit
+        clr = clr if clear is None else clear
+        set_, reset = (v >= lim, v < clr) if upward else (v <= lim, v > clr)
+    else:
+        set_, reset = z_events(rule, z_of(rule, st, v))
+    now = True if set_ else False if reset else on
+    st.late_on, st.late_t = now, t
+    return [(t, True, v)] if now and not on else []
 
 
 def stale_step(rule: StaleRule, st: SeriesRef, t: int, v: float) -> list[Out]:
@@ -241,12 +305,14 @@ def step(rule: ReadingRule | StaleRule, st: SeriesRef, t: int, v: float, tz: str
 def threshold_reference(rule: ThresholdRule, readings: list[tuple[int, int, float]]
                         ) -> list[tuple[int, int, bool]]:
     """(series, ts, value) in arrival order, one reading per batch → (series, ts, firing);
-    readings not newer than their series' last one are ignored."""
+    readings older than their series' last one are judged as late (firing only)."""
     states: dict[int, SeriesRef] = {}
     last: dict[int, int] = {}
     out: list[tuple[int, int, bool]] = []
     for s, t, v in readings:
         if s in last and t <= last[s]:
+            if t < last[s]:
+                out += [(s, ts, fire) for ts, fire, _ in late_step(rule, states[s], t, v)]
             continue
         last[s] = t
         for ts, fire, _ in threshold_step(rule, states.setdefault(s, SeriesRef()), t, v):
@@ -280,11 +346,16 @@ class ReferenceEngine:
 
     def evaluate(self, readings: list[tuple[int, int, float]]) -> list[Finding]:
         """One batch of (series, ts, value) rows, fed one at a time."""
-        raw: list[tuple[int, int, int, bool, float]] = []
+        raw: list[tuple[int, int, int, bool, float, bool]] = []
+        late_seen: set[tuple[int, int]] = set()
         for s, t, v in sorted(readings, key=lambda r: r[1]):  # time order, ties by arrival
+            late = s in self.last and t < self.last[s]
             if s in self.last and t <= self.last[s]:
-                continue  # late or duplicate: never evaluated
-            self.last[s] = t
+                if not late or (s, t) in late_seen:
+                    continue  # a duplicate
+                late_seen.add((s, t))
+            else:
+                self.last[s] = t
             for i, rule in enumerate(self.rules):
                 if isinstance(rule, CompositeRule) or not self._applies(rule, s):
                     continue
@@ -293,29 +364,34 @@ class ReferenceEngine:
                 if isinstance(rule, ThresholdRule):
                     limit, clear = device_limits(rule, self.series.devices[s],
                                                  self.series.metrics[s])
-                for ts, fire, value in step(rule, st, t, v, self.timezone, limit, clear):
-                    raw.append((ts, i, s, fire, value))
+                if late:
+                    out = late_step(rule, st, t, v, limit, clear)
+                else:
+                    out = step(rule, st, t, v, self.timezone, limit, clear)
+                raw += [(ts, i, s, fire, value, late) for ts, fire, value in out]
         return self._findings(raw)
 
     def tick(self, now: int) -> list[Finding]:
         """Time-driven evaluation of stale rules."""
-        raw: list[tuple[int, int, int, bool, float]] = []
+        raw: list[tuple[int, int, int, bool, float, bool]] = []
         for i, rule in enumerate(self.rules):
             if isinstance(rule, StaleRule):
                 for s in range(len(self.series)):
                     st = self.states.get((i, s))
                     if st is not None and self._applies(rule, s):
-                        raw += [(ts, i, s, f, v) for ts, f, v in stale_tick(rule, st, now)]
+                        raw += [(ts, i, s, f, v, False)
+                                for ts, f, v in stale_tick(rule, st, now)]
         return self._findings(raw)
 
-    def _findings(self, raw: list[tuple[int, int, int, bool, float]]) -> list[Finding]:
+    def _findings(self, raw: list[tuple[int, int, int, bool, float, bool]]) -> list[Finding]:
         out: list[Finding] = []
-        for ts, i, s, fire, value in sorted(raw, key=lambda r: (r[0], r[1], r[2], not r[3])):
+        for ts, i, s, fire, value, late in sorted(
+                raw, key=lambda r: (r[0], r[1], r[2], not r[3])):
             rule = self.rules[i]
             dev = self.series.devices[s]
             f = Finding(rule.id, dev.id, self.series.metrics[s],
                         FindingState.FIRING if fire else FindingState.RESOLVED,
-                        rule.severity, ts, value)
+                        rule.severity, ts, value, late)
             out.append(f)
             for tracker in self.trackers.values():
                 c = tracker.feed(f, dev)

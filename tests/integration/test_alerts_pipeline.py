@@ -364,3 +364,29 @@ def test_backfilled_old_findings_open_cases_on_the_service_clock(db_url: str) ->
     assert case.created_ns == T0 and case.dispatch_due_ns == T0 + 300 * S
     p.tick(T0 + S)
     assert "case.escalated" not in names(p.engine)
+
+
+def test_late_findings_are_recorded_as_over_and_notify_nobody(db_url: str) -> None:
+    p, lines = make(db_url)
+    late = Finding("r1", "gas-1", "lel", FindingState.FIRING, Severity.CRITICAL, T0, 60.0,
+                   late=True)
+    assert len(p.process([late])) == 1
+    (a,), _ = list_alerts(p.engine, AlertFilter(device="gas-1"))
+    assert a.state is AlertState.RESOLVED and a.suppressed == "late" and a.case_id is None
+    assert (a.fired_ns, a.resolved_ns) == (T0, T0)
+    p.tick(T0 + 60 * S)  # the clock finds nothing to notify either
+    assert names(p.engine) == [] and p.late == 1
+    assert any(line.startswith("lifeline_alert,device=gas-1,rule=r1") and
+               "state=\"resolved\"" in line for line in lines)
+    # a live alert that is firing is left alone by a late finding
+    p.process([fire("gas-2", "r1", T0 + 100 * S)])
+    p.process([Finding("r1", "gas-2", "lel", FindingState.FIRING, Severity.CRITICAL,
+                       T0 + 50 * S, 70.0, late=True)])
+    (b,), _ = list_alerts(p.engine, AlertFilter(device="gas-2"))
+    assert b.state is AlertState.FIRING and b.fired_ns == T0 + 100 * S and b.case_id is not None
+    assert names(p.engine).count("alert.firing") == 1 and p.late == 2
+    # the late record does not stop a later live episode from notifying and opening a case
+    p.process([fire("gas-1", "r1", T0 + 4000 * S)])
+    (c,), _ = list_alerts(p.engine, AlertFilter(device="gas-1"))
+    assert c.state is AlertState.FIRING and c.suppressed == "" and c.case_id is not None
+    assert names(p.engine).count("alert.firing") == 2

@@ -80,6 +80,16 @@ R = '[[rule]]\nid = "a"\n'
         (R + 'kind = "rate"\nmetric = "p"\nmax_drop = 1\nclear = 2\n', "hysteresis"),
         (R + 'kind = "rate"\nmetric = "p"\nmax_drop = 1\nwindow = "1 fortnight"\n',
          "field 'window'"),
+        (R + 'kind = "rate"\nmetric = "p"\nmax_drop = 1\nmin_span = "-1s"\n',
+         "field 'min_span'"),
+        (R + 'kind = "rate"\nmetric = "p"\nmax_drop = 1\nmin_span = "soon"\n',
+         "field 'min_span'"),
+        (R + 'kind = "rate"\nmetric = "p"\nmax_drop = 1\nspike_readings = 0\n',
+         "field 'spike_readings'"),
+        (R + 'kind = "rate"\nmetric = "p"\nmax_drop = 1\nspike_readings = 9\n',
+         "field 'spike_readings'"),
+        (R + 'kind = "rate"\nmetric = "p"\nmax_drop = 1\nspike_readings = 1.5\n',
+         "field 'spike_readings'"),
         # zscore
         (R + 'kind = "zscore"\nmetric = "p"\nz = 0\n', "field 'z'"),
         (R + 'kind = "zscore"\nmetric = "p"\nhalflife = "soon"\n', "field 'halflife'"),
@@ -184,5 +194,6 @@ after = "7d"
     r, z, s = rules
     assert (r.per_ns, r.window_ns, r.keep_firing_for_ns) == (60 * 10**9, 600 * 10**9,
                                                              900 * 10**9)
+    assert (r.span_ns, r.spike_readings, r.depth) == (60 * 10**9, 2, 2)  # min_span = per
     assert z.kind == "zscore" and z.z == 5.0 and z.clear_z == 3.75 and z.min_samples == 30
     assert s.metric == "*" and s.after_ns == 7 * 86_400 * 10**9

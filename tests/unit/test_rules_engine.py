@@ -118,6 +118,54 @@ def test_late_readings_are_counted_and_never_rewind_state() -> None:
     assert feed(engine, sid, [55.0], start=11) == []  # still firing: no new transition
 
 
+def test_a_late_exceedance_is_a_late_finding_at_its_own_time() -> None:
+    engine, sid = gas_engine()
+    feed(engine, sid, [0.0] * 10, start=100)  # live: quiet up to T0 + 109 s
+    got = engine.evaluate(Cols([(sid, T0 + 50 * SEC, 60.0), (sid, T0 + 51 * SEC, 55.0),
+                                (sid, T0 + 52 * SEC, 10.0), (sid, T0 + 53 * SEC, 30.0)]))
+    # one late firing per episode of each rule: level 1 from 50 s, level 1 again from 53 s
+    # (below its clear at 52 s), level 2 at 50 s (55 is above its clear)
+    assert [(f.rule_id, f.state.value, (f.ts_ns - T0) // SEC, f.late) for f in got] == [
+        ("gas-lel-level1", "firing", 50, True), ("gas-lel-level2", "firing", 50, True),
+        ("gas-lel-level1", "firing", 53, True)]
+    assert engine.late == 4
+    # later parts of a late episode, in later batches, are not reported again
+    assert engine.evaluate(Cols([(sid, T0 + 54 * SEC, 30.0)])) == []
+    # live evaluation goes on as if the late readings had never come
+    assert feed(engine, sid, [0.0, 30.0], start=110)[0].late is False
+
+
+def test_late_readings_before_the_last_transition_or_while_firing_are_not_judged() -> None:
+    engine, sid = gas_engine()
+    feed(engine, sid, [0.0, 60.0, 60.0, 0.0, 0.0], start=10)  # fires at 11, resolves at 13
+    assert engine.evaluate(Cols([(sid, T0 + 12 * SEC, 90.0)])) == []  # inside that episode
+    assert engine.evaluate(Cols([(sid, T0 + 5 * SEC, 90.0)])) == []  # before it: unknown
+    feed(engine, sid, [60.0], start=20)  # firing again
+    assert engine.evaluate(Cols([(sid, T0 + 16 * SEC, 90.0)])) == []  # before a firing
+
+
+def test_late_zscore_reading_is_judged_against_the_history_as_it_is() -> None:
+    table = SeriesTable()
+    sid = table.id_for(Device("f1", "water_flow"), "flow")
+    rng = np.random.default_rng(5)
+    rules: list[ZscoreRule] = [
+        ZscoreRule(kind="zscore", id="z", metric="flow", z=5.0, halflife="10m"),
+        ZscoreRule(kind="zscore", id="zr", metric="flow", z=5.0, robust=True, window=30),
+        ZscoreRule(kind="zscore", id="zf", metric="flow", z=5.0, **{"for": "1m"})]
+    engine, twin = RuleEngine(rules, table), RuleEngine(rules, table)
+    rows = [(sid, T0 + i * 60 * SEC, 50.0 + rng.normal(0, 1.0)) for i in range(200)]
+    assert engine.evaluate(Cols(rows)) == twin.evaluate(Cols(rows)) == []
+    late = [(sid, T0 + (100 * 60 + 30) * SEC, 90.0), (sid, T0 + (101 * 60 + 30) * SEC, 51.0)]
+    got = engine.evaluate(Cols(late))
+    assert [(f.rule_id, f.late, f.value) for f in got] == [("z", True, 90.0), ("zr", True, 90.0)]
+    for a, b in zip(engine._slots, twin._slots, strict=True):  # the statistics are untouched
+        for name in ("count", "mean", "var", "buf", "raw_on", "firing", "last_t"):
+            if name in a.state.arrays:
+                assert np.array_equal(a.state[name], b.state[name], equal_nan=True), name
+    nxt = [(sid, T0 + 200 * 60 * SEC, 50.0), (sid, T0 + 201 * 60 * SEC, 95.0)]
+    assert engine.evaluate(Cols(nxt)) == twin.evaluate(Cols(nxt))
+
+
 def test_zscore_flags_a_spike_once_not_the_noise() -> None:
     rng = np.random.default_rng(7)
     table = SeriesTable()
@@ -365,3 +413,49 @@ def test_rate_spike_filter_ignores_one_spiking_reading_but_not_a_step() -> None:
     unfiltered = RuleEngine([rules[0].model_copy(update={"spike_filter": False})], SeriesTable())
     usid = unfiltered.series.id_for(Device("p1", "water_pressure"), "pressure")
     assert [f.state.value for f in feed(unfiltered, usid, spike, step=60 * SEC)] == ["firing"]
+
+
+def test_rate_at_a_high_report_rate_measures_over_min_span_not_between_readings() -> None:
+    rng = np.random.default_rng(11)
+    table = SeriesTable()
+    sid = table.id_for(Device("p1", "water_pressure"), "pressure")
+    burst = RateRule(kind="rate", id="b", metric="pressure", max_drop=0.05, per="1m",
+                     window="10m")  # min_span defaults to per
+    noisy = burst.model_copy(update={"id": "b0", "min_span_ns": 0})  # between readings
+    engine = RuleEngine([burst, noisy], table)
+    # a logger reporting every 5 s: noise of a few kPa, then a real fall of 0.1 MPa
+    rows = [(sid, T0 + i * 5 * SEC, 0.32 + rng.normal(0, 0.003)) for i in range(720)]
+    rows += [(sid, T0 + i * 5 * SEC, 0.22 + rng.normal(0, 0.003)) for i in range(720, 800)]
+    got = [(f.rule_id, f.state.value, (f.ts_ns - T0) // SEC) for f in
+           engine.evaluate(Cols(rows)) if f.state is FindingState.FIRING]
+    assert [g for g in got if g[0] == "b"] == [("b", "firing", 3600)]  # the fall, at once
+    assert sum(g[0] == "b0" for g in got) > 5  # consecutive readings: noise bursts
+
+
+def test_rate_reference_reading_is_at_most_lookback_readings_back() -> None:
+    table = SeriesTable()
+    sid = table.id_for(Device("d1", "drain"), "level")
+    rule = RateRule(kind="rate", id="rise", metric="level", max_rise=0.2, per="5m",
+                    min_span="1h", spike_filter=False)
+    engine = RuleEngine([rule], table)
+    # one reading a minute: the reference is 16 readings (16 min) back, not 1 h; at minute
+    # 32 the level rose 0.65 m in 16 min = 0.203 m per 5 min
+    flat = feed(engine, sid, [1.0] * 20, step=60 * SEC)
+    rise = feed(engine, sid, [1.0 + 0.05 * k for k in range(1, 20)], start=20, step=60 * SEC)
+    assert flat == [] and [(f.state.value, (f.ts_ns - T0) // (60 * SEC), round(f.value, 6))
+                           for f in rise][:1] == [("firing", 32, 0.203125)]
+
+
+def test_rate_spike_filter_depth_is_spike_readings() -> None:
+    table = SeriesTable()
+    sid = table.id_for(Device("p1", "water_pressure"), "pressure")
+    deep = RateRule(kind="rate", id="d2", metric="pressure", max_drop=0.05, per="1m")
+    shallow = deep.model_copy(update={"id": "d1", "spike_readings": 1})
+    deeper = deep.model_copy(update={"id": "d3", "spike_readings": 3})
+    engine = RuleEngine([deep, shallow, deeper], table)
+    two = [0.33, 0.33, 0.33, 0.82, 0.82, 0.33, 0.33, 0.33]  # up for two readings and back
+    got = feed(engine, sid, two, step=60 * SEC)
+    assert {f.rule_id for f in got if f.state is FindingState.FIRING} == {"d1"}
+    three = [0.33, 0.33, 0.33, 0.33, 0.82, 0.82, 0.82, 0.33, 0.33]
+    got = feed(engine, sid, three, start=20, step=60 * SEC)
+    assert {f.rule_id for f in got if f.state is FindingState.FIRING} == {"d1", "d2"}

@@ -1,8 +1,10 @@
 """Evaluate the shipped rules and the alert pipeline on a scenario, against its ground truth.
 
-Offline: the scenario's messages go through the same decoder, rule engine and
-alert/case pipeline as in ``lifeline serve`` — without MQTT or InfluxDB — in
-simulated time, so a week of a city runs in seconds. Every firing finding and
+Offline: the scenario's messages go through the same decoder, rule engine,
+device status tracker and alert/case pipeline as in ``lifeline serve`` — without
+MQTT or InfluxDB — in simulated time, so a week of a city runs in seconds. A
+``broker_outage`` is told to the tracker as the service's own MQTT connection
+dropping and coming back (as the subscriber does in ``serve``). Every firing finding and
 every case is then scored by :func:`simulators.score.score`.
 """
 
@@ -12,10 +14,11 @@ import logging
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import sqlalchemy as sa
 
 from alerts.model import AlertConfig, CaseConfig
@@ -25,14 +28,16 @@ from alerts.schema import cases as cases_table
 from devices.catalogue import Catalogue
 from devices.registry import MemoryRegistry
 from devices.series import SeriesTable
+from devices.status import StatusChange, StatusTracker
 from devices.topics import TopicScheme
 from ingest.batch import RawMessage
-from ingest.decode import DecodeLimits, Decoder
+from ingest.decode import DecodeLimits, Decoder, DecodeResult
 from lifeline.db import open_database
-from rules.device_events import event_findings
+from rules.device_events import event_findings, status_findings
 from rules.engine import RuleEngine
 from rules.loader import load_rules
 from rules.model import Finding, FindingState, Rule
+from simulators.errors import ScenarioError
 from simulators.scenario import Scenario
 from simulators.score import CaseRecord, Detection, score
 from simulators.stream import CityRun
@@ -41,6 +46,7 @@ log = logging.getLogger(__name__)
 
 HEALTH_METRICS = frozenset({"battery", "rssi", "link"})
 HEALTH_KINDS = frozenset({"stale", "flatline"})
+CHECK_EVERY_NS = 60 * 10**9  # the device status tracker's silence check (one per step)
 PROCESS_EVENTS = frozenset({"event:alarm"})
 
 
@@ -52,6 +58,17 @@ class EvaluationSetup:
     alert_config: AlertConfig
     case_config: CaseConfig
     timezone: str = "Asia/Shanghai"
+
+
+def shorten(scenario: Scenario, duration_s: float) -> Scenario:
+    """The first ``duration_s`` of ``scenario``: incidents starting later are left out."""
+    if duration_s <= 0:
+        raise ScenarioError("--duration must be positive")
+    if duration_s >= scenario.scenario.duration:
+        return scenario
+    head = scenario.scenario.model_copy(update={"duration": duration_s})
+    kept = [i for i in scenario.incident if i.at < duration_s]
+    return scenario.model_copy(update={"scenario": head, "incident": kept})
 
 
 def is_process_finding(finding: Finding, rules: dict[str, Rule]) -> bool:
@@ -69,7 +86,9 @@ def evaluate_offline(scenario: Scenario, setup: EvaluationSetup,
     started = time.monotonic()
     run = CityRun(scenario)
     catalogue = Catalogue.builtin()
-    registry = MemoryRegistry([d.device for d in run.layout.devices])
+    # each device with its reporting interval, as the inventory the online mode imports
+    registry = MemoryRegistry([replace(d.device, interval_s=float(d.interval_s))
+                               for d in run.layout.devices])
     series = SeriesTable()
     decoder = Decoder(TopicScheme("lifeline"), registry, catalogue, series,
                       DecodeLimits(max_past_ns=10 * 86_400 * 10**9))
@@ -84,6 +103,7 @@ def evaluate_offline(scenario: Scenario, setup: EvaluationSetup,
         detections: list[Detection] = []
         messages = dead = findings_total = 0
         scheme = TopicScheme("lifeline")
+        link = _Link(run, registry, catalogue, series, now["ns"])
         for chunk in run.chunks(60.0):
             raw = [RawMessage(scheme.topic(m.device_id, m.kind), m.payload, int(m.send_s * 1e9))
                    for m in chunk]
@@ -94,6 +114,7 @@ def evaluate_offline(scenario: Scenario, setup: EvaluationSetup,
             findings += [f for _, f in event_findings(result.events, registry, catalogue)]
             if chunk:
                 now["ns"] = max(now["ns"], int(chunk[-1].send_s * 1e9))
+            findings += link.step(result, now["ns"])
             findings += engine.tick(now["ns"])
             findings.sort(key=lambda f: f.ts_ns)
             findings_total += len(findings)
@@ -113,7 +134,48 @@ def evaluate_offline(scenario: Scenario, setup: EvaluationSetup,
                    extra={"mode": "offline", "messages": messages, "dead_lettered": dead,
                           "findings": findings_total,
                           "elapsed_s": round(time.monotonic() - started, 2)})
+    if run.outages:
+        report["outage"] = dict(run.outage_stats)
     return report
+
+
+class _Link:
+    """The device status tracker as ``serve`` runs it: signs of life, wills, silence
+    checks, and the service's own MQTT connection (down during a ``broker_outage``)."""
+
+    def __init__(self, run: CityRun, registry: MemoryRegistry, catalogue: Catalogue,
+                 series: SeriesTable, now_ns: int) -> None:
+        self.registry = registry
+        self.series = series
+        self.catalogue = catalogue
+        self.tracker = StatusTracker(catalogue, registry.__iter__, registry.get,
+                                     now_ns=now_ns)
+        self.connects = 1
+        self.tracker.ingest_state(True, self.connects, now_ns)
+        # (time, connected) edges of the service's broker connection
+        self.edges = sorted([(int(a * 1e9), False) for a, _ in run.outages]
+                            + [(int(b * 1e9), True) for _, b in run.outages])
+        self.last_check = now_ns
+
+    def step(self, result: DecodeResult, now_ns: int) -> list[Finding]:
+        """Apply one decoded step; the findings (``status:offline``) for the alert stage."""
+        changes: list[StatusChange] = []
+        while self.edges and self.edges[0][0] <= now_ns:
+            at, connected = self.edges.pop(0)
+            self.connects += int(connected)
+            self.tracker.ingest_state(connected, self.connects, at)
+        ids = {e.device_id for e in result.events}
+        if len(result.batch):
+            devices = self.series.devices
+            ids.update(devices[s].id for s in np.unique(result.batch.series).tolist())
+        if ids:
+            changes += self.tracker.seen(sorted(ids), now_ns)
+        if result.statuses:
+            changes += self.tracker.status(result.statuses)
+        if now_ns - self.last_check >= CHECK_EVERY_NS:
+            self.last_check = now_ns
+            changes += self.tracker.check(now_ns)
+        return status_findings(changes, self.registry, self.catalogue)
 
 
 def _cases(db: sa.engine.Engine, run: CityRun, rules: dict[str, Rule]) -> list[CaseRecord]:

@@ -10,6 +10,10 @@ Two modes:
 
 Simulated time maps to wall time as ``start + (t - scenario_start) / speed``;
 ``speed = 0`` publishes as fast as the broker takes it.
+
+``hooks`` run at given simulated times, between messages (an evaluation stops and
+restarts the broker for a ``broker_outage``). In ``gateway`` mode a lost connection is
+re-established and publishes that failed are sent again (for up to ``retry_s``).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import logging
 import socket
 import time
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -49,6 +54,7 @@ class RunnerOptions:
     in_flight: int = 2000
     gateway_window_s: float = 5.0  # simulated seconds a gateway buffers a device's readings
     keepalive_s: int = 60
+    retry_s: float = 120.0  # gateway: how long a failed publish is retried (wall seconds)
 
 
 @dataclass(slots=True)
@@ -61,6 +67,8 @@ class RunnerStats:
     malformed: int = 0
     wills_triggered: int = 0
     failed: int = 0
+    retried: int = 0  # publishes sent again after a reconnect
+    reconnects: int = 0
     elapsed_s: float = 0.0
     per_kind: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
@@ -68,9 +76,13 @@ class RunnerStats:
 class FleetRunner:
     """Publishes a :class:`CityRun`'s messages through aiomqtt clients."""
 
-    def __init__(self, run: CityRun, options: RunnerOptions) -> None:
+    def __init__(self, run: CityRun, options: RunnerOptions,
+                 hooks: Sequence[tuple[float, Callable[[], None]]] = ()) -> None:
         self.run = run
         self.options = options
+        self._hooks = sorted(hooks, key=lambda h: h[0])
+        self._gateway: aiomqtt.Client | None = None
+        self._gateway_lock = asyncio.Lock()
         self.scheme = TopicScheme(options.prefix)
         self.stats = RunnerStats()
         self._clients: dict[str, aiomqtt.Client] = {}
@@ -125,7 +137,9 @@ class FleetRunner:
         outer = contextlib.AsyncExitStack()
         try:
             if opts.mode == "gateway":
-                gateway = await outer.enter_async_context(self._client("sim-gateway", None))
+                gateway = self._client("sim-gateway", None)
+                await gateway.__aenter__()
+                self._gateway = gateway
                 self.stats.connected = 1
             else:
                 gate = asyncio.Semaphore(opts.connect_concurrency)
@@ -140,10 +154,15 @@ class FleetRunner:
             wall0 = time.monotonic()
             buffers: dict[str, list[SimMessage]] = defaultdict(list)
             last_flush = self.run.start_s
+            hooks = list(self._hooks)
             for chunk in self.run.chunks():
                 for msg in chunk:
                     if stop.is_set():
                         break
+                    while hooks and hooks[0][0] <= msg.send_s:
+                        if gateway is not None:
+                            self._flush_gateway(gateway, buffers)
+                        await self._hook(hooks.pop(0), wall0)
                     if opts.speed > 0:
                         due = wall0 + (msg.send_s - self.run.start_s) / opts.speed
                         delay = due - time.monotonic()
@@ -164,6 +183,8 @@ class FleetRunner:
                     break
             if gateway is not None:
                 self._flush_gateway(gateway, buffers)
+            for hook in hooks:  # e.g. the end of an outage that lasts to the end
+                await self._hook(hook, wall0)
             await self._drain()
         finally:
             for stack in list(self._stacks.values()):
@@ -171,8 +192,59 @@ class FleetRunner:
                     await stack.aclose()
             with contextlib.suppress(Exception):
                 await outer.aclose()
+            if self._gateway is not None:
+                with contextlib.suppress(Exception):
+                    await self._gateway.__aexit__(None, None, None)
             self.stats.elapsed_s = time.monotonic() - started
         return self.stats
+
+    async def _hook(self, hook: tuple[float, Callable[[], None]], wall0: float) -> None:
+        """Run a hook at its simulated time (in a thread: it may block, e.g. on a broker)."""
+        at, fn = hook
+        if self.options.speed > 0:
+            delay = wall0 + (at - self.run.start_s) / self.options.speed - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        await asyncio.get_running_loop().run_in_executor(None, fn)
+
+    async def _reconnect_gateway(self, failed: aiomqtt.Client, deadline: float) -> None:
+        """A new gateway connection, unless another publish has made one already."""
+        async with self._gateway_lock:
+            if self._gateway is not failed:
+                return
+            lost = failed._disconnected  # private, as above
+            if lost.done() and not lost.cancelled():
+                log.warning("gateway connection lost: %s", lost.exception())
+            with contextlib.suppress(Exception):
+                await failed.__aexit__(None, None, None)
+            while True:
+                client = self._client("sim-gateway", None)
+                try:
+                    await client.__aenter__()
+                except aiomqtt.MqttError:
+                    if time.monotonic() >= deadline:
+                        raise
+                    await asyncio.sleep(0.2)
+                    continue
+                self._gateway = client
+                self.stats.reconnects += 1
+                log.info("gateway reconnected (#%d)", self.stats.reconnects)
+                return
+
+    async def _publish_or_lost(self, client: aiomqtt.Client, topic: str, payload: bytes
+                               ) -> None:
+        """Publish; fail as soon as the connection is lost (aiomqtt would wait out its
+        timeout for the acknowledgement of a publish in flight)."""
+        pub = asyncio.ensure_future(client.publish(topic, payload, qos=self.options.qos))
+        lost = client._disconnected  # private: aiomqtt's "connection lost" future
+        done, _ = await asyncio.wait({pub, lost}, return_when=asyncio.FIRST_COMPLETED)
+        if pub in done:
+            pub.result()
+            return
+        pub.cancel()
+        with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+            await pub
+        raise aiomqtt.MqttError("connection lost before the broker acknowledged")
 
     async def _device_message(self, msg: SimMessage) -> None:
         if msg.kind is TopicKind.STATUS:
@@ -192,7 +264,9 @@ class FleetRunner:
         for device_id, msgs in buffers.items():
             if not msgs:
                 continue
-            body = b"[" + b",".join(m.payload for m in msgs) + b"]"
+            # readings forwarded after an outage are an array already
+            body = b"[" + b",".join(m.payload[1:-1] if m.forwarded else m.payload
+                                    for m in msgs) + b"]"
             self._publish(gateway, device_id, TopicKind.TELEMETRY, body,
                           sum(m.readings for m in msgs), count=len(msgs))
         buffers.clear()
@@ -213,12 +287,29 @@ class FleetRunner:
     async def _send(self, client: aiomqtt.Client, topic: str, payload: bytes, readings: int,
                     kind: TopicKind, malformed: bool, count: int) -> None:
         async with self._sem:
-            try:
-                await client.publish(topic, payload, qos=self.options.qos)
-            except aiomqtt.MqttError as exc:
-                self.stats.failed += 1
-                log.warning("publish to %s failed: %s", topic, exc)
-                return
+            deadline = time.monotonic() + self.options.retry_s
+            while True:
+                gateway = self.options.mode == "gateway" and self._gateway is not None
+                if gateway and self._gateway is not None:
+                    client = self._gateway  # the current connection (after a reconnect)
+                try:
+                    if gateway:
+                        await self._publish_or_lost(client, topic, payload)
+                    else:
+                        await client.publish(topic, payload, qos=self.options.qos)
+                    break
+                except aiomqtt.MqttError as exc:
+                    if not gateway or time.monotonic() >= deadline:
+                        self.stats.failed += 1
+                        log.warning("publish to %s failed: %s", topic, exc)
+                        return
+                    try:
+                        await self._reconnect_gateway(client, deadline)
+                    except aiomqtt.MqttError as again:
+                        self.stats.failed += 1
+                        log.warning("publish to %s failed: %s", topic, again)
+                        return
+                    self.stats.retried += 1
         self.stats.messages += 1
         self.stats.values += readings
         self.stats.malformed += int(malformed)
@@ -229,9 +320,10 @@ class FleetRunner:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
 
-def run_fleet(run: CityRun, options: RunnerOptions) -> RunnerStats:
-    """Run the fleet to the end of the scenario (blocking)."""
-    return asyncio.run(FleetRunner(run, options).run_async())
+def run_fleet(run: CityRun, options: RunnerOptions,
+              hooks: Sequence[tuple[float, Callable[[], None]]] = ()) -> RunnerStats:
+    """Run the fleet to the end of the scenario (blocking); ``hooks`` at simulated times."""
+    return asyncio.run(FleetRunner(run, options, hooks).run_async())
 
 
 def stats_json(stats: RunnerStats) -> bytes:
@@ -239,6 +331,7 @@ def stats_json(stats: RunnerStats) -> bytes:
     return orjson.dumps({
         "connected": stats.connected, "messages": stats.messages, "values": stats.values,
         "malformed": stats.malformed, "wills_triggered": stats.wills_triggered,
-        "failed": stats.failed, "elapsed_s": round(stats.elapsed_s, 3),
+        "failed": stats.failed, "retried": stats.retried, "reconnects": stats.reconnects,
+        "elapsed_s": round(stats.elapsed_s, 3),
         "per_kind": dict(stats.per_kind),
     })

@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from devices import safetoml
 from rules.model import parse_duration_ns
 from simulators.errors import ScenarioError
 
@@ -165,8 +166,10 @@ class Truth:
 def load_scenario(path: Path) -> Scenario:
     """Read and validate a scenario file."""
     try:
+        if path.stat().st_size > safetoml.MAX_TOML_BYTES:
+            raise ScenarioError(f"{path}: larger than {safetoml.MAX_TOML_BYTES} bytes")
         text = path.read_text("utf-8")
-    except OSError as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise ScenarioError(f"{path}: cannot read scenario: {exc}") from exc
     return parse_scenario(text, source=str(path))
 
@@ -174,7 +177,7 @@ def load_scenario(path: Path) -> Scenario:
 def parse_scenario(text: str, *, source: str) -> Scenario:
     """Parse scenario TOML; errors name ``source`` and the field."""
     try:
-        data = tomllib.loads(text)
+        data = safetoml.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{source}: TOML syntax error: {exc}") from exc
     try:

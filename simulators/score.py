@@ -51,8 +51,9 @@ class IncidentScore:
     detected: bool
     time_to_detect_s: float | None
     time_to_case_s: float | None
-    cases: int
+    cases: int  # process cases
     target_s: float | None
+    health_cases: int = 0  # maintenance cases (device offline, stale, battery ...)
 
     @property
     def met(self) -> bool:
@@ -74,6 +75,7 @@ class IncidentScore:
             "expect_case": t.expect_case, "detected": self.detected,
             "time_to_detect_s": _round(self.time_to_detect_s),
             "time_to_case_s": _round(self.time_to_case_s), "cases": self.cases,
+            "health_cases": self.health_cases,
             "target_s": self.target_s, "met": self.met,
         }
 
@@ -114,6 +116,8 @@ def score(
                and _in_window(t, c.created_s)]
         if t.category == "process":
             matched_cases.update(c.id for c in own)
+        else:  # a maintenance case (offline, stale, battery) for a real device fault
+            matched_cases.update(c.id for c in own if not c.process)
         first = min((d.ts_s for d in hits), default=None)
         first_case = min((c.created_s for c in own), default=None)
         incidents.append(IncidentScore(
@@ -122,6 +126,7 @@ def score(
             time_to_case_s=None if first_case is None else max(0.0, first_case - t.reference_s),
             cases=len([c for c in own if c.process]),
             target_s=DETECT_WITHIN_S.get(t.kind),
+            health_cases=len([c for c in own if not c.process]),
         ))
     device_days = device_count * duration_s / 86_400
     false_cases = [c for c in cases if c.id not in matched_cases]

@@ -11,7 +11,7 @@ import math
 import random
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -31,6 +31,14 @@ MAIN_METRIC = {"lel": "gas_alarm", "pressure": "water_pressure", "level": "drain
                "supply_temp": "heat_pipe", "ch4_ppm": "gas_pipeline", "battery": "gas_alarm"}
 DEFAULT_METRIC = {"stuck_sensor": "pressure", "drift": "pressure", "spike": "pressure",
                   "low_battery": "battery"}
+# Device types that store readings while they cannot reach the broker and send them after
+# it is back (store-and-forward): the network instruments with a data logger / RTU (pressure
+# loggers, flow meters, quality stations, gas and heating network sensors), for which backfill
+# is routine. Battery field sensors (household gas alarms, drain level, manhole covers) send
+# only their current value: what they measure while the broker is down is lost at the device.
+STORE_AND_FORWARD = frozenset({"water_pressure", "water_flow", "water_quality", "gas_pipeline",
+                               "heat_pipe"})
+RECONNECT_S = (1.0, 30.0)  # after an outage, a device is back after this many seconds
 MALFORMED = (b"{not json", b'{"values": "lots"}', b"\xff\xfe\x00", b"[]",
              b'{"ts": "yesterday", "values": {"x": 1}}')
 
@@ -46,6 +54,7 @@ class SimMessage:
     readings: int = 0  # metric values carried (telemetry only)
     retain: bool = False
     malformed: bool = False
+    forwarded: bool = False  # withheld during a broker outage, sent after it
 
 
 @dataclass(slots=True)
@@ -91,6 +100,13 @@ class CityRun:
         self._gas_level: dict[str, int] = {}
         self._active = [self._place(i, spec) for i, spec in enumerate(scenario.incident)]
         self.truth: list[Truth] = [a.truth for a in self._active]
+        self.outages: list[tuple[float, float]] = sorted(
+            (a.truth.start_s, a.truth.end_s) for a in self._active
+            if a.spec.kind == "broker_outage")
+        # readings stored at devices during outages, messages forwarded after them, and
+        # messages lost at devices that cannot store (never published)
+        self.outage_stats = {"withheld_readings": 0, "forwarded_messages": 0,
+                             "lost_at_device": 0}
 
     # ---- incident placement ---------------------------------------------------------------
 
@@ -139,6 +155,8 @@ class CityRun:
             devs = [d for d in self.layout.in_dma(dma, "water_flow") if d.inlet]
             if spec.kind == "main_burst":
                 devs = self.layout.in_dma(dma, "water_pressure") + devs
+        elif spec.kind == "broker_outage":
+            devs = []  # no device is at fault; any case during it is a false one
         elif spec.kind == "rain":
             district = (self.layout.grids[rng.randrange(len(self.layout.grids))].district
                         if spec.grid == "auto" else spec.grid)
@@ -147,7 +165,7 @@ class CityRun:
         else:
             dtype = needed or MAIN_METRIC[spec.metric or DEFAULT_METRIC.get(spec.kind, "lel")]
             devs = self._pick(rng, dtype, spec)
-        if not devs:
+        if not devs and spec.kind != "broker_outage":
             raise ScenarioError(f"incident {spec.kind}: no device to place it on")
         if spec.kind == "gas_leak":
             rate = spec.rate or 1.0  # %LEL per minute
@@ -156,7 +174,8 @@ class CityRun:
         truth = Truth(
             id=f"{self.scenario.name}#{index + 1}-{spec.kind}",
             kind=spec.kind, category=category, devices=tuple(d.id for d in devs),
-            grid=devs[0].device.grid, dma=dma or devs[0].dma, start_s=start, end_s=end,
+            grid=devs[0].device.grid if devs else "", dma=dma or (devs[0].dma if devs else ""),
+            start_s=start, end_s=end,
             reference_s=reference,
             expect_case=expect if spec.expect_case is None else spec.expect_case,
             params=params,
@@ -177,10 +196,10 @@ class CityRun:
             batch = pending + self._chunk(t0, t1)
             batch.sort(key=lambda m: m.send_s)
             pending = [m for m in batch if m.send_s >= t1]
-            yield [m for m in batch if m.send_s < t1]
+            yield self._merge_forwarded([m for m in batch if m.send_s < t1])
             t0 = t1
         if pending:
-            yield pending
+            yield self._merge_forwarded(pending)
 
     def messages(self) -> Iterator[SimMessage]:
         """Every message of the scenario in send order."""
@@ -220,8 +239,55 @@ class CityRun:
                 self._apply(act, dtype, fleet, rows, times, values, keep, skew)
             out.extend(self._to_messages(dtype, fleet, rows, times, values, keep, skew))
         out.extend(self._status_messages(t0, t1))
+        if self.outages:
+            out = self._outage(out)
         out.sort(key=lambda m: m.send_s)
         return out
+
+    def _outage(self, msgs: list[SimMessage]) -> list[SimMessage]:
+        """Broker down: nothing gets through. Store-and-forward devices keep their readings
+        and send them when they are back; the others' messages are lost at the device."""
+        out: list[SimMessage] = []
+        for m in msgs:
+            window = next(((a, b) for a, b in self.outages if a <= m.send_s < b), None)
+            if window is None:
+                out.append(m)
+                continue
+            dev = self.layout.by_id.get(m.device_id)
+            if (m.kind is TopicKind.TELEMETRY and not m.malformed and dev is not None
+                    and dev.type in STORE_AND_FORWARD):
+                back = window[1] + random.Random(f"{m.device_id}{window[1]}").uniform(
+                    *RECONNECT_S)
+                self.outage_stats["withheld_readings"] += m.readings
+                out.append(replace(m, send_s=back, forwarded=True))
+            else:
+                self.outage_stats["lost_at_device"] += 1
+        return out
+
+    def _merge_forwarded(self, msgs: list[SimMessage]) -> list[SimMessage]:
+        """A device's readings withheld during an outage go out as one JSON array."""
+        if not any(m.forwarded for m in msgs):
+            return msgs
+        groups: dict[tuple[str, float], list[SimMessage]] = {}
+        out: list[SimMessage] = []
+        for m in msgs:
+            if not m.forwarded:
+                out.append(m)
+                continue
+            group = groups.setdefault((m.device_id, m.send_s), [])
+            if not group:
+                out.append(m)  # placeholder, replaced below
+            group.append(m)
+        merged: list[SimMessage] = []
+        for m in out:
+            if not m.forwarded:
+                merged.append(m)
+                continue
+            group = groups[(m.device_id, m.send_s)]
+            body = b"[" + b",".join(g.payload for g in group) + b"]"
+            merged.append(replace(m, payload=body, readings=sum(g.readings for g in group)))
+            self.outage_stats["forwarded_messages"] += 1
+        return merged
 
     def _fast_reports(self, dtype: str, rows: npt.NDArray[np.int64],
                       times: npt.NDArray[np.float64], t0: float, t1: float

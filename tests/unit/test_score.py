@@ -57,3 +57,19 @@ def test_missed_and_late_detections_fail_their_targets() -> None:
     assert missed["incidents"][0]["detected"] is False and missed["targets_met"] is False
     quiet = score([], [], [], device_count=1000, duration_s=86_400.0, scenario="q")
     assert quiet["targets_met"] is True and quiet["false_cases"] == 0
+
+
+def test_a_maintenance_case_for_a_real_device_fault_is_not_a_false_case() -> None:
+    offline = Truth(id="s#1-offline", kind="offline", category="comms", devices=("ga-5",),
+                    grid="G1", dma="D1", start_s=1000.0, end_s=4600.0, reference_s=1000.0,
+                    expect_case=False)
+    cases = [
+        CaseRecord(1, 1300.0, ("ga-5",), "G1", "D1", False),  # ga-5 offline: a work order
+        CaseRecord(2, 1300.0, ("ga-6",), "G1", "D1", False),  # ga-6 was never offline
+    ]
+    report = score([offline], [], cases, device_count=1000, duration_s=86_400.0,
+                   scenario="s")
+    (inc,) = report["incidents"]
+    assert (inc["cases"], inc["health_cases"], inc["met"]) == (0, 1, True)
+    assert report["false_cases"] == 1 and report["sensor_faults_as_process_cases"] == 0
+    assert report["targets_met"] is False  # 1 false case per 1,000 device-days is too many

@@ -16,7 +16,7 @@ from simulators.city import generate_city, write_city_inventory
 from simulators.errors import ScenarioError
 from simulators.models import local_hour, water_demand
 from simulators.scenario import builtin_scenario, builtin_scenarios_dir, parse_scenario
-from simulators.stream import CityRun, SimMessage
+from simulators.stream import RECONNECT_S, STORE_AND_FORWARD, CityRun, SimMessage
 
 HEAD = '[scenario]\nname = "t"\nseed = 3\nstart = "2026-03-02T00:00:00+08:00"\nduration = "{d}"\n'
 
@@ -182,13 +182,63 @@ def test_sensor_and_comms_faults_do_what_their_truth_says() -> None:
     assert sent != sorted(sent)
 
 
+OUTAGE = """
+[scenario]
+name = "outage"
+seed = 3
+start = "2026-03-06T10:00:00+08:00"
+duration = "30m"
+[fleet]
+districts = 1
+grids = 4
+devices = 120
+"""
+
+
+def test_broker_outage_withholds_everything_and_loggers_forward_their_readings() -> None:
+    base = CityRun(parse_scenario(OUTAGE, source="base"))
+    run = CityRun(parse_scenario(OUTAGE + '[[incident]]\nkind = "broker_outage"\nat = "10m"\n'
+                                 'duration = "5m"\n', source="outage"))
+    (truth,) = run.truth
+    assert truth.kind == "broker_outage" and truth.devices == () and not truth.expect_case
+    start, end = run.outages[0]
+    assert (start, end) == (truth.start_s, truth.end_s) and end - start == 300
+    before = list(base.messages())
+    after = list(run.messages())
+    assert not [m for m in after if start <= m.send_s < end]  # nothing reaches the broker
+    # outside the window, the stream is the same message for message
+    outside = [m for m in before if not start <= m.send_s < end]
+    assert [m for m in after if not m.forwarded] == outside
+    types = {d.id: d.type for d in run.layout.devices}
+    window = [m for m in before if start <= m.send_s < end]
+    kept = [m for m in window if m.kind is TopicKind.TELEMETRY and not m.malformed
+            and types[m.device_id] in STORE_AND_FORWARD]
+    lost = [m for m in window if m not in kept]
+    assert kept and lost  # the fleet has both kinds of device
+    forwarded = [m for m in after if m.forwarded]
+    # one array per store-and-forward device, after the outage, with each reading's own time
+    assert sorted(m.device_id for m in forwarded) == sorted({m.device_id for m in kept})
+    for m in forwarded:
+        assert end + RECONNECT_S[0] <= m.send_s <= end + RECONNECT_S[1]
+        items = orjson.loads(m.payload)
+        mine = [orjson.loads(k.payload) for k in kept if k.device_id == m.device_id]
+        assert items == mine and all(start * 1000 <= i["ts"] < end * 1000 for i in items)
+        assert m.readings == sum(len(i["values"]) for i in items)
+    # the others' readings in the window are lost at the device: never published
+    assert not any(m.device_id == lo.device_id and m.payload == lo.payload
+                   for lo in lost for m in after)
+    assert run.outage_stats == {"withheld_readings": sum(m.readings for m in kept),
+                                "forwarded_messages": len(forwarded),
+                                "lost_at_device": len(lost)}
+
+
 def test_every_shipped_scenario_loads_and_places_its_incidents() -> None:
     names = sorted(p.stem for p in builtin_scenarios_dir().glob("*.toml"))
     assert names == ["broker-outage", "gas-leak-residential", "main-burst-morning-peak",
                      "quiet-day", "sensor-faults", "slow-leak-week", "storm-drains"]
     for name in names:
         run = CityRun(parse_scenario(builtin_scenario(name).read_text(), source=name))
-        assert all(t.devices for t in run.truth)
+        assert all(t.devices or t.kind == "broker_outage" for t in run.truth)
 
 
 @pytest.mark.parametrize(

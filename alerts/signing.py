@@ -13,5 +13,7 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
 
 
 def verify(secret: str, timestamp: str, body: bytes, signature: str) -> bool:
-    """Constant-time check of a signature header value."""
-    return hmac.compare_digest(sign(secret, timestamp, body), signature)
+    """Constant-time check of a signature header value (any text: compared as bytes, since
+    ``compare_digest`` refuses non-ASCII strings)."""
+    expected = sign(secret, timestamp, body).encode()
+    return hmac.compare_digest(expected, signature.encode("utf-8", "replace"))

@@ -12,6 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Final
 
+from devices import safetoml
 from devices.errors import CatalogueError
 from devices.events import EventType
 
@@ -161,8 +162,10 @@ class Catalogue:
     def load(cls, path: Path, base: Catalogue | None = None) -> Catalogue:
         """Load an operator catalogue file; its types extend or replace ``base``."""
         try:
+            if path.stat().st_size > safetoml.MAX_TOML_BYTES:
+                raise CatalogueError(f"{path}: larger than {safetoml.MAX_TOML_BYTES} bytes")
             text = path.read_text("utf-8")
-        except OSError as exc:
+        except (OSError, UnicodeDecodeError) as exc:
             raise CatalogueError(f"{path}: cannot read catalogue: {exc}") from exc
         extra = cls.from_toml(text, source=str(path))
         merged = dict(base.types) if base else {}
@@ -173,7 +176,7 @@ class Catalogue:
     def from_toml(cls, text: str, *, source: str) -> Catalogue:
         """Parse catalogue TOML text; errors name ``source``."""
         try:
-            data = tomllib.loads(text)
+            data = safetoml.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise CatalogueError(f"{source}: {exc}") from exc
         types: dict[str, DeviceType] = {}

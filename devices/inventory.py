@@ -34,6 +34,21 @@ TAG_RE: Final = re.compile(r"^[\w.:-]{1,64}$")
 _CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f]")
 _TRUE: Final = {"true", "1", "yes", "y", "on", "是"}
 _FALSE: Final = {"false", "0", "no", "n", "off", "否"}
+MAX_FILE_BYTES: Final = 64 * 1024 * 1024
+# A cell starting with one of these is a formula to a spreadsheet (``=cmd|' /C calc'!A0``):
+# the export prefixes such text cells with ``'`` and the import removes that one quote.
+_FORMULA_START: Final = ("=", "+", "-", "@", "'")
+_NUMERIC_COLUMNS: Final = {"lat", "lon", "interval"}
+
+
+def csv_escape(text: str) -> str:
+    """A text cell as written to CSV: formula-like text gets a leading ``'``."""
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def csv_unescape(text: str) -> str:
+    """The inverse of :func:`csv_escape` (also the spreadsheet convention ``'=…``)."""
+    return text[1:] if text.startswith("'") and text[1:].startswith(_FORMULA_START) else text
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +295,8 @@ def read_file(path: Path, catalogue: Catalogue, *, encoding: str = "utf-8-sig",
               fmt: str | None = None) -> ParsedInventory:
     """Parse an inventory file (``.csv`` or ``.json``); file-level problems raise."""
     try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise InventoryError(f"{path}: larger than {MAX_FILE_BYTES} bytes")
         data = path.read_bytes()
     except OSError as exc:
         raise InventoryError(f"{path}: cannot read inventory: {exc}") from exc
@@ -330,7 +347,9 @@ def parse_csv(text: str, catalogue: Catalogue, *, source: str = "inventory") -> 
         if any(c.strip() for c in extra):
             rows.append((f"line {start}", f"{len(record)} fields, header has {len(names)}"))
             continue
-        rows.append((f"line {start}", dict(zip(names, record, strict=False))))
+        rows.append((f"line {start}", {
+            name: cell if name in _NUMERIC_COLUMNS else csv_unescape(cell)
+            for name, cell in zip(names, record, strict=False)}))
     return _validate(rows, catalogue)
 
 
@@ -392,12 +411,14 @@ def write_csv(handle: TextIO, devices: Iterable[Device]) -> int:
     writer.writerow(COLUMNS)
     count = 0
     for d in devices:
+        e = csv_escape
         writer.writerow([
-            d.id, d.type, d.name, d.grid, d.district, d.unit,
+            e(d.id), e(d.type), e(d.name), e(d.grid), e(d.district), e(d.unit),
             "" if d.lat is None else repr(d.lat), "" if d.lon is None else repr(d.lon),
-            d.address, d.dma, d.install_date.isoformat() if d.install_date else "",
+            e(d.address), e(d.dma), d.install_date.isoformat() if d.install_date else "",
             "" if d.interval_s is None else repr(d.interval_s),
-            "true" if d.enabled else "false", ";".join(d.tags), format_limits_text(d.limits),
+            "true" if d.enabled else "false", e(";".join(d.tags)),
+            e(format_limits_text(d.limits)),
         ])
         count += 1
     return count

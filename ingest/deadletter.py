@@ -145,7 +145,7 @@ class DeadLetterStore:
         with self._lock:
             self.counts.update(str(r["reason"]) for r in rows)
         for r in rows[:5]:
-            log.info("dead-lettered topic=%s reason=%s detail=%s",
+            log.info("dead-lettered topic=%r reason=%s detail=%r",
                      r["topic"], r["reason"], r["detail"])
         return len(rows)
 

@@ -367,7 +367,8 @@ class Decoder:
         if isinstance(raw, bool):
             raise _Reject(Reason.BAD_TIMESTAMP, "ts is a boolean")
         if isinstance(raw, int | float):
-            if not math.isfinite(raw) or raw < 0:
+            # isfinite() of an int past a float's range raises: ints are finite anyway
+            if raw < 0 or (type(raw) is float and not math.isfinite(raw)):
                 raise _Reject(Reason.BAD_TIMESTAMP, f"ts {raw!r}")
             scaled = raw * (1_000_000_000 if raw < _SECONDS_CUTOFF else NS_PER_MS)
             if scaled >= _MAX_NS:

@@ -152,6 +152,7 @@ class AlertsRuntime:
         give_up_at: float | None = None
         i = 0
         while i < len(findings):
+            notified = self.pipeline.notified
             try:
                 self.pipeline.process(findings[i:i + 1])
             except AlertsError as exc:
@@ -168,6 +169,8 @@ class AlertsRuntime:
                 continue
             i += 1
             delay = 0.1
+            if self.pipeline.notified != notified:
+                self.wake()  # committed outbox rows go out now, not after the whole batch
 
     def _run(self) -> None:
         """Findings as they come, the clock every ``tick_interval``; drains on stop."""

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import uvicorn
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from sqlalchemy.engine import Engine
 
 from lifeline.api import alerts as alerts_api
@@ -17,29 +18,46 @@ from lifeline.api import devices as devices_api
 from lifeline.api import health
 from lifeline.api import ingest as ingest_api
 from lifeline.api import rules as rules_api
+from lifeline.api import schema as schema_api
+from lifeline.api.limits import BodyLimitMiddleware
 from lifeline.auth import TokenStore
 from lifeline.settings import Settings
 
 log = logging.getLogger(__name__)
 
 ReadyCheck = Callable[[], tuple[bool, str]]
+# Documented on every route behind a token (schemathesis checks every status is documented).
+AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "the body cannot be read (not UTF-8)"},
+    401: {"description": "missing or invalid bearer token"},
+    403: {"description": "the token's role may not do this"},
+    413: {"description": "request body over api.max_body_bytes"},
+}
 
 
 def create_app(settings: Settings, engine: Engine,
                ready_checks: dict[str, ReadyCheck] | None = None) -> FastAPI:
     """The API app; ``ready_checks`` feed ``/readyz``."""
-    app = FastAPI(title="citylifeline", version="0.1.0")
+    # No open /docs, /redoc or /openapi.json: only /healthz and /readyz are open.
+    app = FastAPI(title="citylifeline", version="0.1.0", openapi_url=None, docs_url=None,
+                  redoc_url=None, dependencies=[Depends(schema_api.reject_unknown_query)])
     app.state.settings = settings
     app.state.engine = engine
     app.state.tokens = TokenStore(settings.api.tokens)
     app.state.ready_checks = dict(ready_checks or {})
     app.include_router(health.router)
-    app.include_router(devices_api.router)
-    app.include_router(ingest_api.router)
-    app.include_router(alerts_api.router)
-    app.include_router(cases_api.router)
-    app.include_router(deliveries_api.router)
-    app.include_router(rules_api.router)
+    app.include_router(devices_api.router, responses=AUTH_ERRORS)
+    app.include_router(ingest_api.router, responses=AUTH_ERRORS)
+    app.include_router(alerts_api.router, responses=AUTH_ERRORS)
+    app.include_router(cases_api.router, responses=AUTH_ERRORS)
+    app.include_router(deliveries_api.router, responses=AUTH_ERRORS)
+    app.include_router(rules_api.router, responses=AUTH_ERRORS)
+    app.include_router(schema_api.router)
+    schema_api.install_openapi(app)
+    app.add_middleware(
+        BodyLimitMiddleware, default=settings.api.max_body_bytes,
+        per_path={"/api/v1/devices/import": (settings.api.max_import_bytes,
+                                             "api.max_import_bytes")})
     return app
 
 

@@ -9,6 +9,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import sqlalchemy as sa
+from sqlalchemy.exc import SQLAlchemyError
+
+from alerts import schema as alerts_schema
 from devices.catalogue import Catalogue
 from devices.registry import read_inventory
 from devices.series import SeriesTable
@@ -25,6 +29,7 @@ from ingest.spool import Spool
 from ingest.subscriber import MqttOptions, MqttSubscriber
 from lifeline.alerting import AlertsRuntime, TrackerStateView
 from lifeline.app import ApiServer, ReadyCheck, create_app
+from lifeline.clock import ServiceClock, parse_instant_ns
 from lifeline.dashboard_feed import DeviceInfoFeed, service_metrics_line
 from lifeline.db import open_database
 from lifeline.device_status import DeviceMonitor
@@ -63,6 +68,7 @@ def mqtt_options(settings: Settings) -> MqttOptions:
         keepalive_s=m.keepalive, username=m.username, password=m.password.get_secret_value(),
         tls=m.tls, tls_ca_file=m.tls_ca_file, shared_group=m.shared_group,
         connect_timeout_s=parse_duration_ns(m.connect_timeout) / 1e9,
+        buffered_reads=m.buffered_reads,
     )
 
 
@@ -72,6 +78,10 @@ class Service:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.stats = ServiceStats()
+        ck = settings.clock
+        # timers follow wall time, or reading times for simulation/replay ([clock])
+        self.clock = ServiceClock(ck.source, parse_instant_ns(ck.start) if ck.start else None,
+                                  parse_duration_ns(settings.ingest.max_future))
         self._stop = threading.Event()
         catalogue = Catalogue.builtin()
         if settings.devices.catalogue:
@@ -101,6 +111,9 @@ class Service:
                             if settings.rules.state_file else None)
         self._rules_reload = threading.Event()
         self._rules_tick_at = self._rules_save_at = time.monotonic()
+        self._rules_tick_event_ns = self.clock.now_ns()
+        # event clock: the connect (subscriber.connects) whose readings have moved the clock
+        self._heard_on_connect = 0
         self._restore_rule_state()
         self.dead_letters = DeadLetterStore(self.db, max_rows=ing.dlq_max_rows)
         inf = settings.influx
@@ -125,8 +138,10 @@ class Service:
         self.metrics = IngestCollector(self.ingest, self.writer.stats, self._ingest_gauges,
                                        lambda: self.dead_letters.evicted)
         self.alerts = AlertsRuntime(settings, self.db, self.registry, self.writer.submit)
+        self.alerts.pipeline.clock = self.clock.now_ns
         self.devices = DeviceMonitor(self.device_store, self.registry, catalogue, self.series,
-                                     self.writer.submit, settings.devices, now_ns=time.time_ns())
+                                     self.writer.submit, settings.devices,
+                                     now_ns=self.clock.now_ns())
         self.alerts.use_device_state(TrackerStateView(self.devices.tracker))  # inhibition
         self.device_info = DeviceInfoFeed(self.registry.__iter__, self.writer.submit)
         self.buffer = RawBuffer(wake_at=ing.batch_messages)
@@ -247,6 +262,7 @@ class Service:
         QoS 1/2 messages are acknowledged once their readings are in InfluxDB or the
         spool and their dead letters are stored: the writer calls back in order.
         """
+        connects = self.subscriber.connects
         messages = replayed or self.buffer.drain(self.settings.ingest.batch_messages)
         if not messages:
             return 0
@@ -269,11 +285,14 @@ class Service:
             if acks:
                 callback = functools.partial(self.subscriber.ack, acks)
         self.writer.submit(batch_lines(result.batch, self.series), callback)
+        self.clock.observe(result.batch.ts_ns)
+        if replayed is None and len(result.batch):
+            self._heard_on_connect = connects
         findings = self.engine.evaluate(result.batch)
         self.stats.findings += len(findings)
         if findings:
             self.alerts.process(findings)
-        device_findings = self.devices.process(result, time.time_ns())  # events, offline
+        device_findings = self.devices.process(result, self.clock.now_ns())  # events, offline
         if device_findings:
             self.alerts.process(device_findings)
         return len(messages)
@@ -291,8 +310,8 @@ class Service:
             if now - last_replay >= 1.0:
                 last_replay = now
                 self.replay_dead_letters()
-            tick_findings = self.devices.tick(self.subscriber.connected,
-                                              self.subscriber.connects, time.time_ns())
+            tick_findings = self.devices.tick(self._ingest_connected(),
+                                              self.subscriber.connects, self.clock.now_ns())
             if tick_findings:
                 self.alerts.process(tick_findings)
             self.rules_housekeeping(now)
@@ -305,6 +324,15 @@ class Service:
                          self.stats.received, self.stats.stored_lines,
                          self.stats.dead_lettered, self.stats.findings, len(self.buffer))
         self.shutdown()
+
+    def _ingest_connected(self) -> bool:
+        """The MQTT connection as the device tracker sees it. On the event clock a
+        (re)connect takes effect at the time of the first readings after it (the clock
+        stands still while nothing arrives, and then jumps over the broker's backlog)."""
+        connected = self.subscriber.connected
+        if self.clock.event and self._heard_on_connect != self.subscriber.connects:
+            return False
+        return connected
 
     def request_rules_reload(self) -> None:
         """Ask the run loop to reload the rule files (safe from a signal handler)."""
@@ -329,9 +357,12 @@ class Service:
             except RulesError as exc:
                 log.error("rule reload failed, keeping the running rules: %s", exc)
         rs = self.settings.rules
-        if now - self._rules_tick_at >= parse_duration_ns(rs.tick_interval) / 1e9:
-            self._rules_tick_at = now
-            findings = self.engine.tick(time.time_ns())
+        tick_ns = parse_duration_ns(rs.tick_interval)
+        event_ns = self.clock.now_ns()
+        if (now - self._rules_tick_at >= tick_ns / 1e9
+                or (self.clock.event and event_ns - self._rules_tick_event_ns >= tick_ns)):
+            self._rules_tick_at, self._rules_tick_event_ns = now, event_ns
+            findings = self.engine.tick(event_ns)
             self.stats.findings += len(findings)
             if findings:
                 self.alerts.process(findings)
@@ -349,12 +380,29 @@ class Service:
             log.error("cannot save rule state to %s: %s", self.rules_state, exc)
 
     def _restore_rule_state(self) -> None:
-        if self.rules_state is None or not self.rules_state.exists():
-            return
+        if self.rules_state is not None and self.rules_state.exists():
+            try:
+                self.engine.restore_state(self.rules_state, self.registry.get,
+                                          self.clock.now_ns())
+            except RulesError as exc:
+                log.error("rule state not restored, starting from zero: %s", exc)
+        self._align_with_open_alerts()
+
+    def _align_with_open_alerts(self) -> None:
+        """The saved rule state may be older than the alerts (a crash since the last
+        save): the rules fire for exactly the open alerts, so each can still resolve."""
+        table = alerts_schema.alerts
         try:
-            self.engine.restore_state(self.rules_state, self.registry.get, time.time_ns())
-        except RulesError as exc:
-            log.error("rule state not restored, starting from zero: %s", exc)
+            with self.db.connect() as conn:
+                rows = conn.execute(sa.select(table.c.rule_id, table.c.device_id,
+                                              table.c.metric)
+                                    .where(table.c.state.in_(("pending", "firing")))).all()
+        except SQLAlchemyError as exc:
+            log.error("cannot read the open alerts to align the rule state: %s", exc)
+            return
+        changed = self.engine.sync_firing([(r, d, m) for r, d, m in rows], self.registry.get)
+        if changed:
+            log.warning("rule state aligned with the open alerts: %d series changed", changed)
 
     def replay_dead_letters(self) -> int:
         """Feed dead letters marked for replay (CLI/API) through the decoder again."""

@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from devices import safetoml
 from rules.errors import RuleFileError
 from rules.model import (
     CompositeRule,
@@ -79,7 +80,7 @@ def load_rule_file(path: Path) -> list[Rule]:
 def parse_rules(text: str, *, source: str) -> list[Rule]:
     """Parse rule TOML text; ``source`` names it in errors."""
     try:
-        data = tomllib.loads(text)
+        data = safetoml.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise RuleFileError(f"{source}: TOML syntax error: {exc}") from exc
     unknown = set(data) - {"rule"}

@@ -98,6 +98,8 @@ class SilenceCreate(_Schema):
     def _aware(cls, v: datetime | None) -> datetime | None:
         if v is not None and v.tzinfo is None:
             raise ValueError("give a time zone (e.g. 2026-01-01T08:00:00+08:00 or Z)")
+        if v is not None and not in_ns_range(v):
+            raise ValueError(NS_RANGE)
         return v
 
 
@@ -125,6 +127,15 @@ def _alert(doc: dict[str, Any]) -> AlertPublic:
     return AlertPublic.model_validate(doc)
 
 
+NS_RANGE = "a time between 1970-01-01 and 2262-04-11 (stored as epoch nanoseconds)"
+_MAX_NS = 2**63 - 1
+
+
+def in_ns_range(dt: datetime) -> bool:
+    """True when ``dt`` (zone-aware) fits the stored epoch-nanosecond integers."""
+    return 0 <= dt.timestamp() * 1e9 < _MAX_NS
+
+
 def _ns(dt: datetime) -> int:
     return int(dt.timestamp() * 1e9)
 
@@ -136,7 +147,7 @@ def get_alerts(
     rule: str | None = None, severity: Severity | None = None, acked: bool | None = None,
     case_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> AlertsPublic:
     """Alerts, most recently changed first."""
     items, total = list_alerts(engine, AlertFilter(state, device, grid, rule, severity, acked,
@@ -144,7 +155,8 @@ def get_alerts(
     return AlertsPublic(data=[_alert(a.doc()) for a in items], count=total)
 
 
-@router.post("/alerts/{alert_id}/ack", response_model=AlertPublic)
+@router.post("/alerts/{alert_id}/ack", response_model=AlertPublic,
+             responses={404: {"description": "no such alert"}})
 def post_ack(alert_id: RowId, body: AckCreate, engine: EngineDep, who: Operator) -> AlertPublic:
     """Acknowledge an alert (who and when are recorded)."""
     try:
@@ -153,7 +165,8 @@ def post_ack(alert_id: RowId, body: AckCreate, engine: EngineDep, who: Operator)
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
 
 
-@router.post("/alerts/{alert_id}/unack", response_model=AlertPublic)
+@router.post("/alerts/{alert_id}/unack", response_model=AlertPublic,
+             responses={404: {"description": "no such alert"}})
 def post_unack(alert_id: RowId, engine: EngineDep, who: Operator) -> AlertPublic:
     """Remove the acknowledgement."""
     try:
@@ -193,7 +206,8 @@ def get_silences(engine: EngineDep, _: Viewer,
     return SilencesPublic(data=[_silence(s, now) for s in items], count=len(items))
 
 
-@router.post("/silences/{silence_id}/expire", response_model=SilencePublic)
+@router.post("/silences/{silence_id}/expire", response_model=SilencePublic,
+             responses={404: {"description": "no such silence"}})
 def post_expire(silence_id: RowId, engine: EngineDep, who: Operator) -> SilencePublic:
     """End a silence now."""
     now = time.time_ns()

@@ -30,7 +30,7 @@ from alerts.ops import CaseFilter, apply_action, case_with_history, list_cases
 from alerts.signing import verify
 from alerts.workflow import CALLBACK_ACTIONS, Action
 from lifeline.alerting import case_config
-from lifeline.api.alerts import AlertPublic, RowId
+from lifeline.api.alerts import NS_RANGE, AlertPublic, RowId, in_ns_range
 from lifeline.api.deps import EngineDep, Operator, SettingsDep, Viewer
 from lifeline.auth import Principal, Role, TokenStore
 from lifeline.settings import Settings
@@ -173,7 +173,7 @@ def get_cases(
     severity: Severity | None = None, device_type: str | None = None,
     overdue: bool | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> CasesPublic:
     """Cases, newest first."""
     items, total = list_cases(engine, CaseFilter(state, grid, unit, severity, device_type,
@@ -181,7 +181,8 @@ def get_cases(
     return CasesPublic(data=[_case(c.doc()) for c in items], count=total)
 
 
-@router.get("/cases/{case_id}", response_model=CaseDetailPublic)
+@router.get("/cases/{case_id}", response_model=CaseDetailPublic,
+            responses={404: {"description": "no such case"}})
 def get_case_detail(case_id: RowId, engine: EngineDep, _: Viewer) -> CaseDetailPublic:
     """A case with its full audit history (who, what, when) and its alerts."""
     try:
@@ -217,7 +218,9 @@ def _run(engine: Engine, book: CaseBook, case_id: int, action: Action, actor: st
     return _case(case.doc()), replayed
 
 
-@router.post("/cases/{case_id}/register", response_model=CasePublic)
+@router.post("/cases/{case_id}/register", response_model=CasePublic,
+             responses={404: {"description": "no such case"},
+                        409: {"description": "not allowed in the case's state"}})
 def post_register(case_id: RowId, body: OfficerAction, request: Request, engine: EngineDep,
                   settings: SettingsDep, who: Operator) -> CasePublic:
     """立案: register a held case (it is routed and dispatched at once)."""
@@ -227,7 +230,9 @@ def post_register(case_id: RowId, body: OfficerAction, request: Request, engine:
     return case
 
 
-@router.post("/cases/{case_id}/cancel", response_model=CasePublic)
+@router.post("/cases/{case_id}/cancel", response_model=CasePublic,
+             responses={404: {"description": "no such case"},
+                        409: {"description": "not allowed in the case's state"}})
 def post_cancel(case_id: RowId, body: OfficerAction, request: Request, engine: EngineDep,
                 settings: SettingsDep, who: Operator) -> CasePublic:
     """不予立案 / false alarm."""
@@ -256,7 +261,7 @@ def _callback_principal(request: Request, raw: bytes, settings: Settings) -> Pri
                             "missing bearer token or X-Lifeline-Timestamp/-Signature")
     if not secret:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "signed callbacks need webhook.secret")
-    if not ts.isdigit() or len(ts) > 12:
+    if not (ts.isascii() and ts.isdigit()) or len(ts) > 12:  # "²".isdigit() is True
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "X-Lifeline-Timestamp: epoch seconds")
     window = parse_duration_ns(settings.webhook.callback_window) / 1e9
     if abs(time.time() - int(ts)) > window:
@@ -275,7 +280,7 @@ async def post_action(case_id: RowId, request: Request, response: Response,
     comment) or an operator's action; idempotent on ``Idempotency-Key``."""
     raw = await request.body()
     if len(raw) > MAX_CALLBACK_BYTES:
-        raise HTTPException(413, "body too large")
+        raise HTTPException(413, f"callback body larger than {MAX_CALLBACK_BYTES} bytes")
     principal = _callback_principal(request, raw, settings)
     try:
         body = ActionCreate.model_validate(orjson.loads(raw))
@@ -311,6 +316,8 @@ def get_kpi(engine: EngineDep, _: Viewer, start: datetime, end: datetime | None 
     """处置率, 按期处置率, 结案率, 返工率 and mean times for cases created in [start, end)."""
     if start.tzinfo is None or (end is not None and end.tzinfo is None):
         raise HTTPException(422, "give times with a zone")
+    if not in_ns_range(start) or (end is not None and not in_ns_range(end)):
+        raise HTTPException(422, f"start, end: {NS_RANGE}")
     start_ns = int(start.timestamp() * 1e9)
     end_ns = int(end.timestamp() * 1e9) if end else time.time_ns()
     if end_ns <= start_ns:

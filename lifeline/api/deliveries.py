@@ -61,14 +61,15 @@ def get_deliveries(engine: EngineDep, _: Viewer, status: DeliveryStatus | None =
                    event: str | None = None,
                    case_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
                    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-                   offset: Annotated[int, Query(ge=0)] = 0) -> DeliveriesPublic:
+                   offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0) -> DeliveriesPublic:
     """Deliveries, newest first (``status=dead`` lists the dead letters)."""
     items, total = list_deliveries(engine, status=status, event=event, case_id=case_id,
                                    limit=limit, offset=offset)
     return DeliveriesPublic(data=[_public(d) for d in items], count=total)
 
 
-@router.post("/{row_id}/resend", response_model=DeliveryPublic)
+@router.post("/{row_id}/resend", response_model=DeliveryPublic,
+             responses={404: {"description": "no such delivery"}})
 def post_resend(row_id: RowId, request: Request, engine: EngineDep, _: Operator) -> DeliveryPublic:
     """Queue a delivery again, with the same delivery id."""
     try:

@@ -286,8 +286,9 @@ async def import_devices(
     except UnicodeDecodeError as exc:
         raise HTTPException(UNPROCESSABLE,
                             f"body is not UTF-8 (byte {exc.start})") from exc
-    kind = format or ("json" if "json" in request.headers.get("content-type", "")
-                      or text.lstrip()[:1] in ("[", "{") else "csv")
+    ctype = request.headers.get("content-type", "")
+    sniffed = "json" if text.lstrip()[:1] in ("[", "{") else "csv"
+    kind = format or ("json" if "json" in ctype else "csv" if "csv" in ctype else sniffed)
     catalogue = _catalogue(request, settings)
     return await run_in_threadpool(_import, engine, request, catalogue, text, kind, skip_invalid)
 
@@ -394,9 +395,10 @@ def _latest_readings(settings: Settings, device: Device,
         f"SELECT last({_quote_ident(m)}) FROM {_quote_ident(device.type)} {where}"  # noqa: S608
         for m in metrics)
     params = {"db": inf.database, "q": query, "epoch": "ms"}
-    if inf.username:
-        params.update(u=inf.username, p=inf.password.get_secret_value())
-    resp = httpx.get(f"{inf.url}/query", params=params, timeout=5.0)
+    # Basic auth, not u=/p= in the URL: an error message quoting the URL (returned in
+    # readings_error) must not carry the password.
+    auth = (inf.username, inf.password.get_secret_value()) if inf.username else None
+    resp = httpx.get(f"{inf.url}/query", params=params, auth=auth, timeout=5.0)
     resp.raise_for_status()
     out: dict[str, dict[str, Any]] = {}
     for metric, result in zip(metrics, resp.json().get("results", []), strict=False):

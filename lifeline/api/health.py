@@ -30,7 +30,9 @@ def readyz(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
-@router.get("/metrics")
+@router.get("/metrics", responses={
+    200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
+    401: {"description": "missing or invalid bearer token"}})
 def metrics(_: Viewer) -> Response:
     """Prometheus metrics of every component."""
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -9,6 +9,7 @@ from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ingest.deadletter import DeadLetterStore, Reason, StoredDeadLetter
+from lifeline.api.alerts import MAX_ID, RowId
 from lifeline.api.deps import EngineDep, Operator, Viewer
 
 router = APIRouter(prefix="/api/v1/dlq", tags=["dead letters"])
@@ -43,7 +44,8 @@ class DeadLetterReplayCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    ids: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list, max_length=10_000)
+    ids: list[Annotated[int, Field(ge=1, le=MAX_ID)]] = Field(default_factory=list,
+                                                             max_length=10_000)
     reason: Reason | None = None
     limit: int = Field(default=10_000, ge=1, le=100_000)
 
@@ -80,7 +82,7 @@ def list_dead_letters(
     engine: EngineDep,
     reason: Reason | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    before: Annotated[int | None, Query(ge=1)] = None,
+    before: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
 ) -> DeadLettersPublic:
     """Dead letters, newest first; page with ``before`` = the last id seen."""
     store = DeadLetterStore(engine)
@@ -90,7 +92,7 @@ def list_dead_letters(
 
 
 @router.get("/{letter_id}", responses={404: {"description": "no such dead letter"}})
-def show_dead_letter(_: Viewer, engine: EngineDep, letter_id: int) -> DeadLetterPublic:
+def show_dead_letter(_: Viewer, engine: EngineDep, letter_id: RowId) -> DeadLetterPublic:
     """One dead letter with its whole payload."""
     row = DeadLetterStore(engine).get(letter_id)
     if row is None:

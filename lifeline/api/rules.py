@@ -59,7 +59,8 @@ def _engine(request: Request) -> RuleEngine:
     return engine
 
 
-@router.get("", response_model=RulesPublic)
+@router.get("", response_model=RulesPublic,
+            responses={503: {"description": "the rule engine is not running"}})
 def list_rules(request: Request, _: Viewer) -> RulesPublic:
     """Every loaded rule with the number of series it applies to and is firing for."""
     engine = _engine(request)
@@ -75,7 +76,8 @@ def list_rules(request: Request, _: Viewer) -> RulesPublic:
 
 
 @router.post("/reload", response_model=RulesReloadPublic,
-             responses={UNPROCESSABLE: {"description": "a rule file is invalid; nothing changed"}})
+             responses={UNPROCESSABLE: {"description": "a rule file is invalid; nothing changed"},
+                        503: {"description": "the rule engine is not running"}})
 async def reload_rules(request: Request, principal: Operator) -> RulesReloadPublic:
     """Load the rule files again (like SIGHUP); unchanged rules keep their state."""
     reload: Callable[[], tuple[int, int]] | None = getattr(request.app.state, "rules_reload",

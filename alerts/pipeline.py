@@ -74,8 +74,9 @@ class AlertPipeline:
                     elif (alert := self._apply(conn, f)) is not None:
                         changed.append(alert)
                         # case clocks run on the service clock: a backfilled old reading
-                        # must not open a case that is overdue the moment it exists
-                        self._notify(conn, [alert], max(f.ts_ns, self.clock()))
+                        # must not open a case that is overdue the moment it exists, nor a
+                        # device clock running ahead one reported (and sent) in the future
+                        self._notify(conn, [alert], self.clock())
             except sa.exc.SQLAlchemyError as exc:
                 self._pending_lines.clear()
                 raise StoreError(f"cannot store alert for device {f.device_id} rule "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 20, interval: float = 0.1) -> bool:
@@ -20,3 +21,24 @@ def wait_for(predicate: Callable[[], object], timeout: float = 20, interval: flo
 def clean_env() -> dict[str, str]:
     """This process's environment without any ``LIFELINE_*`` setting (for CLI subprocesses)."""
     return {k: v for k, v in os.environ.items() if not k.startswith("LIFELINE_")}
+
+
+class ReadingClock:
+    """A service clock for alert pipelines driven by findings in tests: it is never behind the
+    newest finding processed, as the service's own clock is when a reading arrives."""
+
+    def __init__(self, start_ns: int) -> None:
+        self.now_ns = start_ns
+
+    def __call__(self) -> int:
+        return self.now_ns
+
+    def follow(self, pipeline: Any) -> None:
+        """Advance to each batch's newest finding before ``pipeline.process`` runs it."""
+        process = pipeline.process
+
+        def following(findings: Any) -> Any:
+            self.now_ns = max([self.now_ns, *(f.ts_ns for f in findings)])
+            return process(findings)
+
+        pipeline.process = following

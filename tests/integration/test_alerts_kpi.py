@@ -13,6 +13,7 @@ from devices.model import Device
 from devices.registry import MemoryRegistry
 from lifeline.db import open_database
 from rules.model import Finding, FindingState, Severity
+from tests.support import ReadingClock
 
 pytestmark = pytest.mark.integration
 S = 1_000_000_000
@@ -26,8 +27,10 @@ def test_kpis_match_hand_computed_values(db_url: str) -> None:
     cfg = CaseConfig(auto_register=Severity.MAJOR, auto_verify=False,
                      deadlines={"critical": StageDeadlines(handle_ns=3600 * S),
                                 "major": StageDeadlines(handle_ns=3600 * S)})
+    clock = ReadingClock(T0)
     p = AlertPipeline(open_database(db_url), MemoryRegistry(devices), AlertConfig(), cfg,
-                      clock=lambda: T0)
+                      clock=clock)
+    clock.follow(p)
     for dev, sev, t in [("a", Severity.CRITICAL, 0), ("b", Severity.CRITICAL, 100),
                         ("c", Severity.MAJOR, 200), ("d", Severity.MINOR, 300),
                         ("e", Severity.MINOR, 400)]:

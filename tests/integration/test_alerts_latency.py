@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
+from alerts.ops import AlertFilter, list_alerts
+from alerts.store import get_case
 from devices.model import Device
 from devices.registry import MemoryRegistry
 from lifeline.alerting import AlertsRuntime
@@ -43,3 +45,23 @@ def test_a_committed_notification_wakes_the_outbox_worker_right_away(tmp_path: P
     assert worker._wake.is_set()
     assert worker.pending_due() >= 1
 
+
+
+def test_a_reading_stamped_ahead_of_the_service_clock_is_notified_at_once(
+        tmp_path: Path) -> None:
+    # a device clock 60 s fast (inside ingest.max_future): its alert.firing and its case are
+    # dated on the service clock and due now, not when the service clock reaches the reading
+    runtime = _runtime(tmp_path)
+    worker = runtime.worker
+    assert worker is not None
+    before = time.time_ns()
+    ahead = Finding("gas-lel-level1", "gas-1", "lel", FindingState.FIRING, Severity.MAJOR,
+                    before + 60 * 10**9, 30.0)
+    runtime._apply([ahead])
+    assert worker.pending_due() >= 1
+    (alert,), _ = list_alerts(runtime.pipeline.engine, AlertFilter())
+    assert alert.fired_ns == ahead.ts_ns  # the alert keeps the reading's own time
+    assert alert.case_id is not None
+    with runtime.pipeline.engine.connect() as conn:
+        case = get_case(conn, alert.case_id)
+    assert before <= case.created_ns <= time.time_ns()  # the case is reported now

@@ -26,6 +26,7 @@ from devices.model import Device
 from devices.registry import MemoryRegistry
 from lifeline.db import open_database
 from rules.model import Finding, FindingState, Severity
+from tests.support import ReadingClock
 
 pytestmark = pytest.mark.integration
 S = 1_000_000_000
@@ -81,9 +82,11 @@ def make(db_url: str, *, alert: AlertConfig | None = None, case: CaseConfig | No
          devices: DeviceState | None = None) -> tuple[AlertPipeline, list[str]]:
     engine = open_database(db_url)
     lines: list[str] = []
+    clock = ReadingClock(T0)
     p = AlertPipeline(engine, MemoryRegistry(DEVICES), alert or AlertConfig(resolve_delay_ns=0),
                       case or CaseConfig(), devices=devices, write_lines=lines.extend,
-                      clock=lambda: T0)
+                      clock=clock)
+    clock.follow(p)
     return p, lines
 
 

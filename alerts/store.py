@@ -125,3 +125,10 @@ def active_silences(conn: Connection, now_ns: int) -> list[Silence]:
     rows = conn.execute(sa.select(silences).where(silences.c.starts_ns <= now_ns,
                                                   silences.c.ends_ns > now_ns))
     return [silence_from_row(r) for r in rows]
+
+
+def open_alert_series(conn: Connection) -> list[tuple[str, str, str]]:
+    """(rule id, device id, metric) of every pending or firing alert."""
+    rows = conn.execute(sa.select(alerts.c.rule_id, alerts.c.device_id, alerts.c.metric).where(
+        alerts.c.state.in_((AlertState.PENDING.value, AlertState.FIRING.value)))).all()
+    return [(r, d, m) for r, d, m in rows]

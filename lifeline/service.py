@@ -9,10 +9,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
-from alerts import schema as alerts_schema
+from alerts.store import open_alert_series
 from devices.catalogue import Catalogue
 from devices.registry import read_inventory
 from devices.series import SeriesTable
@@ -391,16 +390,13 @@ class Service:
     def _align_with_open_alerts(self) -> None:
         """The saved rule state may be older than the alerts (a crash since the last
         save): the rules fire for exactly the open alerts, so each can still resolve."""
-        table = alerts_schema.alerts
         try:
             with self.db.connect() as conn:
-                rows = conn.execute(sa.select(table.c.rule_id, table.c.device_id,
-                                              table.c.metric)
-                                    .where(table.c.state.in_(("pending", "firing")))).all()
+                open_series = open_alert_series(conn)
         except SQLAlchemyError as exc:
             log.error("cannot read the open alerts to align the rule state: %s", exc)
             return
-        changed = self.engine.sync_firing([(r, d, m) for r, d, m in rows], self.registry.get)
+        changed = self.engine.sync_firing(open_series, self.registry.get)
         if changed:
             log.warning("rule state aligned with the open alerts: %d series changed", changed)
 

@@ -40,6 +40,7 @@ from paho.mqtt.properties import Properties
 from devices.model import Device
 from devices.registry import write_inventory
 from ingest.mqttsocket import BufferedClient, FastClient
+from ingest.netproc import network_process_cpu_s
 from lifeline.harness import ManagedService, start_influxdb, start_mosquitto
 from lifeline.influxquery import count_values
 from lifeline.settings import (
@@ -70,6 +71,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="small counts (smoke test)")
     p.add_argument("--stock-paho", action="store_true",
                    help="run the service with mqtt.buffered_reads = false (stock paho reads)")
+    p.add_argument("--one-process", action="store_true",
+                   help="run the service with mqtt.network_process = false (paho in-process)")
     p.add_argument("--keep", action="store_true", help="keep the run directory")
 
 
@@ -160,10 +163,13 @@ def _join(procs: list[Any]) -> None:
 
 
 def _session_client(port: int, client_id: str, qos: int, on_message: Any,
-                    client_class: type[mqtt.Client] = mqtt.Client) -> mqtt.Client:
+                    client_class: type[mqtt.Client] = mqtt.Client,
+                    raw: bool = False) -> mqtt.Client:
     client = client_class(CallbackAPIVersion.VERSION2, client_id=client_id,
                           protocol=MQTTProtocolVersion.MQTTv5)
     client.on_message = on_message
+    if raw and isinstance(client, FastClient):  # the network process's bulk read path
+        client.on_raw_publish = lambda t, p, mid, q: on_message(client, None, None)
     subscribed = threading.Event()
     client.on_subscribe = lambda *a: subscribed.set()
     client.on_connect = lambda c, *a: c.subscribe(f"{PREFIX}/+/telemetry", qos)
@@ -189,11 +195,13 @@ def drop_session(port: int, client_id: str) -> None:
 
 
 def paho_ceiling(port: int, qos: int, devices: int, total: int, publishers: int,
-                 client_class: type[mqtt.Client] = mqtt.Client) -> dict[str, Any]:
+                 client_class: type[mqtt.Client] = mqtt.Client,
+                 raw: bool = False) -> dict[str, Any]:
     """A subscriber that only counts, draining a pre-loaded persistent session.
 
     The ceiling is a stock paho client; ``client_class=BufferedClient`` measures the
-    same with the buffered socket reads the service uses (an extra figure).
+    same with the buffered socket reads the service uses (an extra figure);
+    ``FastClient`` with ``raw`` the bulk read of the service's network process.
     """
     client_id = f"ceiling-{uuid.uuid4().hex[:6]}"
     count = [0]
@@ -211,7 +219,7 @@ def paho_ceiling(port: int, qos: int, devices: int, total: int, publishers: int,
                       publishers))
     time.sleep(0.5)
     started, cpu0 = time.perf_counter(), _cpu_s()
-    client = _session_client(port, client_id, qos, on_message, client_class)
+    client = _session_client(port, client_id, qos, on_message, client_class, raw)
     finished.wait(300)
     elapsed, cpu = time.perf_counter() - started, _cpu_s() - cpu0
     client.disconnect()
@@ -253,13 +261,25 @@ def _cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _net_cpu_s(service: Any) -> float:
+    """CPU time of the service's MQTT network process (0 when it runs in-process)."""
+    return network_process_cpu_s(getattr(service.subscriber, "pid", None))
+
+
+def _servers_cpu_s(servers: dict[str, int] | None) -> dict[str, float]:
+    """CPU time so far of Mosquitto and InfluxDB (by name)."""
+    return {name: network_process_cpu_s(pid) for name, pid in (servers or {}).items()}
+
+
 def _peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def full_path(run: Path, mqtt_port: int, influx_url: str, inventory: Path, *, qos: int,
               devices: int, messages: int, array: int, publishers: int,
-              live_rate: float = 0.0, buffered_reads: bool = True) -> dict[str, Any]:
+              live_rate: float = 0.0, buffered_reads: bool = True,
+              network_process: bool = True,
+              servers: dict[str, int] | None = None) -> dict[str, Any]:
     """The real service draining (or keeping up with) ``messages`` messages."""
     from lifeline.service import Service  # noqa: PLC0415 - heavy
 
@@ -270,7 +290,7 @@ def full_path(run: Path, mqtt_port: int, influx_url: str, inventory: Path, *, qo
     settings = Settings(
         run_dir=run / name,
         mqtt=MqttSettings(port=mqtt_port, client_id=f"bench-{db}", qos=qos,
-                          buffered_reads=buffered_reads),
+                          buffered_reads=buffered_reads, network_process=network_process),
         influx=InfluxSettings(url=influx_url, database=db),
         ingest=IngestSettings(metrics_interval="1h", spool_fsync=False),
         devices=DevicesSettings(inventory=inventory),
@@ -305,12 +325,16 @@ def full_path(run: Path, mqtt_port: int, influx_url: str, inventory: Path, *, qo
         service = Service(settings)
         service.start()  # connects; paho buffers until the pipeline thread runs below
         started, cpu0 = time.perf_counter(), _cpu_s()
+        net0 = _net_cpu_s(service)
+        servers0 = _servers_cpu_s(servers)
         procs: list[Any] = []
     else:
         service.start()
         if not service.subscriber.subscribed.wait(30):
             raise RuntimeError("the service did not subscribe within 30 s")
         started, cpu0 = time.perf_counter(), _cpu_s()
+        net0 = _net_cpu_s(service)
+        servers0 = _servers_cpu_s(servers)
         procs = publish_all(mqtt_port, qos, devices, messages, array, base_ms, publishers,
                             live_rate)
     runner = threading.Thread(target=service.run, args=(stop,), daemon=True)
@@ -333,6 +357,8 @@ def full_path(run: Path, mqtt_port: int, influx_url: str, inventory: Path, *, qo
                      service.ingest.duplicates, service.stats.dead_lettered)
     stored_at.append(time.perf_counter())
     elapsed, cpu = stored_at[0] - started, _cpu_s() - cpu0
+    net_cpu = _net_cpu_s(service) - net0
+    servers_cpu = {k: round(v - servers0[k], 3) for k, v in _servers_cpu_s(servers).items()}
     _join(procs)
     stop.set()
     runner.join(120)
@@ -353,7 +379,10 @@ def full_path(run: Path, mqtt_port: int, influx_url: str, inventory: Path, *, qo
         "messages_per_s": round(messages / elapsed),
         "readings_per_s": round(readings / elapsed),
         "cpu_s": round(cpu, 3),
-        "messages_per_cpu_s": round(messages / cpu),
+        "network_process_cpu_s": round(net_cpu, 3),
+        "messages_per_cpu_s": round(messages / (cpu + net_cpu)),
+        # the other programs on the two cores in the same window (publishers excluded)
+        "servers_cpu_s": servers_cpu,
         "peak_rss_mb": _peak_rss_mb(),
     }
     if latencies:
@@ -391,10 +420,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                            args.publishers, FastClient),
             "paho_fast_qos1": paho_ceiling(port, 1, args.devices, args.ceiling_messages,
                                            args.publishers, FastClient),
+            "paho_bulk_qos0": paho_ceiling(port, 0, args.devices, args.ceiling_messages,
+                                           args.publishers, FastClient, raw=True),
+            "paho_bulk_qos1": paho_ceiling(port, 1, args.devices, args.ceiling_messages,
+                                           args.publishers, FastClient, raw=True),
             "influx_write": influx_ceiling(url, 500_000 if not args.quick else 50_000),
         }
         common = {"devices": args.devices, "publishers": args.publishers,
-                  "buffered_reads": not args.stock_paho}
+                  "buffered_reads": not args.stock_paho,
+                  "network_process": not args.one_process,
+                  "servers": {"mosquitto": mosq.info.pid, "influxdb": influx.info.pid}}
         runs = {}
         for live in (False, True):
             mode = "live" if live else "drained"
@@ -435,7 +470,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "zero_loss": all(r["readings_lost"] == 0 for r in runs.values()),
         }
         return {"benchmark": "ingest", "cpus": os.cpu_count(), "load_avg": os.getloadavg(),
-                "service_buffered_reads": not args.stock_paho, "ceilings": ceilings,
+                "service_buffered_reads": not args.stock_paho,
+                "service_network_process": not args.one_process, "ceilings": ceilings,
                 "runs": runs, "ratios": ratios, "targets_met": targets}
     finally:
         if mosq is not None:

@@ -79,6 +79,21 @@ class RawBuffer:
         if len(self._items) >= self._wake_at and not self._ready.is_set():
             self._ready.set()
 
+    def put(self, topic: str, payload: bytes, received_at_ns: int, mid: int, qos: int,
+            session: int) -> None:
+        """Append one message from its parts (the network thread's call)."""
+        self.append(RawMessage(topic, payload, received_at_ns, mid, qos, session))
+
+    def extend(self, messages: list[RawMessage]) -> None:
+        """Append a whole batch (handed over by the network process)."""
+        self._items.extend(messages)
+        if len(self._items) >= self._wake_at and not self._ready.is_set():
+            self._ready.set()
+
+    def wake(self) -> None:
+        """Wake a waiting :meth:`wait` now (a small batch that should not wait)."""
+        self._ready.set()
+
     def wait(self, timeout: float) -> None:
         """Block until a batch is ready or ``timeout`` passes."""
         self._ready.wait(timeout)

@@ -21,12 +21,21 @@ thread's time at QoS 0). A PUBLISH whose property length is 0 gets a copy of one
 prepared empty ``Properties(PUBLISH)`` instead; anything else (properties present,
 QoS 2, MQTT 3.1.1 with an empty topic, ``on_log``/``enable_logger``) takes paho's
 own ``_handle_publish``. The message, callbacks and acknowledgements are the same.
+A client whose ``on_raw_publish`` is set hands those messages to it as
+``(topic bytes, payload, mid, qos)`` without building an ``MQTTMessage``; it also
+takes whole PUBLISH packets straight from the read buffer in one loop, without
+paho's per-packet reads (:meth:`FastClient.take_publishes`); any other packet, a
+PUBLISH it would hand to paho, and a packet cut by the end of the buffer go through
+paho's ``_packet_read``. :meth:`FastClient.ack_batch` queues the PUBACKs of many
+QoS 1 messages as one write.
 """
 
 from __future__ import annotations
 
 import socket
 import ssl
+import struct
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -36,6 +45,8 @@ from paho.mqtt.properties import Properties
 
 READ_SIZE = 65536
 MAX_PACKETS_PER_READ = 2000  # then paho writes (acks, pings) before reading on
+_PUBACK = struct.Struct("!BBH")  # PUBACK, remaining length 2, packet id (reason 0 omitted)
+RawPublishSink = Callable[[bytes, bytes, int, int], None]
 
 
 class BufferedSocket:
@@ -69,6 +80,20 @@ class BufferedSocket:
             return data
         self._buf, self._pos = data, bufsize
         return data[:bufsize]
+
+    def fill(self) -> int:
+        """With the buffer empty, one ``recv`` into it; the bytes now buffered (0 when
+        nothing is readable yet, at EOF or on an error: paho's own read reports those)."""
+        if self._pos < len(self._buf):
+            return len(self._buf) - self._pos
+        try:
+            data = self._sock.recv(self._read_size)
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError, OSError):
+            return 0
+        if not data:  # EOF: leave it to paho's next read, which sees it too
+            return 0
+        self._buf, self._pos = data, 0
+        return len(data)
 
     def buffered(self) -> int:
         """Bytes received from the kernel and not yet handed to paho."""
@@ -143,6 +168,92 @@ def empty_publish_properties() -> Properties:
 class FastClient(BufferedClient):
     """:class:`BufferedClient` with the light PUBLISH decode (see the module docstring)."""
 
+    on_raw_publish: RawPublishSink | None = None
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        """Whole PUBLISH packets from the buffer in bulk, the rest through paho."""
+        sock = self._sock
+        if (self.on_raw_publish is None or not isinstance(sock, BufferedSocket)
+                or self.on_log is not None or self._logger is not None):
+            return super().loop_read(max_packets)
+        handled = 0
+        while handled < MAX_PACKETS_PER_READ:
+            if self._sock is None:
+                return MQTTErrorCode.MQTT_ERR_NO_CONN
+            if self._in_packet["command"] == 0 and sock.fill():
+                taken = self.take_publishes(sock)
+                if taken:
+                    handled += taken
+                    continue
+            rc = self._packet_read()
+            handled += 1
+            if rc > 0:
+                return self._loop_rc_handle(rc)
+            if rc == MQTTErrorCode.MQTT_ERR_AGAIN or not sock.pending():
+                return MQTTErrorCode.MQTT_ERR_SUCCESS
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def take_publishes(self, sock: BufferedSocket) -> int:
+        """Hand every whole PUBLISH at the head of ``sock``'s buffer to ``on_raw_publish``;
+        stops at the first packet paho must see. Returns how many were taken."""
+        sink = self.on_raw_publish
+        assert sink is not None
+        buf, pos = sock._buf, sock._pos
+        end = len(buf)
+        v5 = self._protocol == MQTTProtocolVersion.MQTTv5
+        auto_ack = not self._manual_ack
+        taken = 0
+        while pos < end:
+            header = buf[pos]
+            qos = (header & 0x06) >> 1
+            if header & 0xF0 != 0x30 or qos == 2:
+                break
+            p, length, shift = pos + 1, 0, 0
+            while p < end and shift < 28:
+                byte = buf[p]
+                p += 1
+                length |= (byte & 0x7F) << shift
+                shift += 7
+                if not byte & 0x80:
+                    break
+            else:
+                break  # cut by the end of the buffer, or malformed: paho's read
+            stop = p + length
+            if stop > end:
+                break
+            slen = (buf[p] << 8 | buf[p + 1]) if length >= 2 else -1
+            q = p + 2 + slen
+            mid = 0
+            if qos:
+                mid = buf[q] << 8 | buf[q + 1] if q + 2 <= stop else -1
+                q += 2
+            if slen < (0 if v5 else 1) or q + v5 > stop or mid < 0 or (v5 and buf[q]):
+                break  # properties, an alias, a malformed packet: paho decodes it
+            sink(buf[p + 2:p + 2 + slen], buf[q + v5:stop], mid, qos)
+            if qos == 1 and auto_ack:
+                self._send_puback(mid)
+            pos = stop
+            taken += 1
+        if taken:
+            if pos >= end:
+                sock._buf, sock._pos = b"", 0
+            else:
+                sock._pos = pos
+            with self._msgtime_mutex:
+                self._last_bytes_received = mqtt.time_func()
+        return taken
+
+    def ack_batch(self, mids: Sequence[int]) -> None:
+        """Queue the PUBACKs of QoS 1 messages (manual acknowledgement) as one packet.
+
+        paho's ``ack`` queues one packet and wakes its loop with one system call per
+        message; the broker reads the concatenated PUBACKs exactly as if sent apart.
+        """
+        if not mids or not self._manual_ack:
+            return
+        pack = _PUBACK.pack
+        self._packet_queue(mqtt.PUBACK, b"".join([pack(0x40, 2, m) for m in mids]), 0, 0)
+
     def _handle_publish(self) -> MQTTErrorCode:
         header: int = self._in_packet["command"]
         packet: bytearray = self._in_packet["packet"]
@@ -156,8 +267,14 @@ class FastClient(BufferedClient):
         if (qos == 2 or size < pos + v5 or (not v5 and slen == 0) or (v5 and packet[pos])
                 or self.on_log is not None or self._logger is not None):
             return super()._handle_publish()
-        message = mqtt.MQTTMessage(mid=int.from_bytes(packet[pos - 2:pos], "big") if qos else 0,
-                                   topic=bytes(packet[2:2 + slen]))
+        mid = int.from_bytes(packet[pos - 2:pos], "big") if qos else 0
+        sink = self.on_raw_publish
+        if sink is not None:
+            sink(bytes(packet[2:2 + slen]), bytes(packet[pos + v5:]), mid, qos)
+            if qos == 1 and not self._manual_ack:
+                return self._send_puback(mid)
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        message = mqtt.MQTTMessage(mid=mid, topic=bytes(packet[2:2 + slen]))
         message.dup = bool(header & 0x08)
         message.qos = qos
         message.retain = bool(header & 0x01)

@@ -9,19 +9,19 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from ingest.batch import RawBuffer, RawMessage
+from ingest.batch import RawMessage
 from ingest.errors import BrokerRejectedError, BrokerUnavailableError
 from ingest.mqttsocket import FastClient
 
 log = logging.getLogger(__name__)
-_SESSIONS = itertools.count(1)
+_SESSIONS = [itertools.count(1)]  # a holder: a network process renumbers it
 # CONNACK reasons that retrying cannot cure: client id not valid, bad user name or
 # password, not authorized, banned, bad authentication method (MQTT 5 codes; paho maps
 # the 3.1.1 return codes onto them).
@@ -52,10 +52,24 @@ class MqttOptions:
     buffered_reads: bool = True  # ingest.mqttsocket.FastClient: buffered reads, light decode
 
 
-class MqttSubscriber:
-    """Subscribes to ``topics`` and appends every message to a :class:`RawBuffer`."""
+class MessageSink(Protocol):
+    """Where the network thread puts messages (a :class:`ingest.batch.RawBuffer`)."""
 
-    def __init__(self, options: MqttOptions, topics: Sequence[str], buffer: RawBuffer) -> None:
+    def put(self, topic: str, payload: bytes, received_at_ns: int, mid: int, qos: int,
+            session: int) -> None:
+        """Take one message; called on the network thread, must not block."""
+
+
+def session_numbers(start: int) -> None:
+    """Number the connections of this process from ``start`` (a network process gets
+    its own range, so an ack meant for an earlier process's connection is refused)."""
+    _SESSIONS[0] = itertools.count(start)
+
+
+class MqttSubscriber:
+    """Subscribes to ``topics`` and puts every message into a :class:`MessageSink`."""
+
+    def __init__(self, options: MqttOptions, topics: Sequence[str], buffer: MessageSink) -> None:
         self.options = options
         self.topics = [
             f"$share/{options.shared_group}/{t}" if options.shared_group else t for t in topics
@@ -98,6 +112,8 @@ class MqttSubscriber:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
+        if isinstance(self.client, FastClient):
+            self.client.on_raw_publish = self._on_raw
         self.subscribed = threading.Event()  # set once the broker granted the subscriptions
         self._connack = threading.Event()  # set on the first CONNACK (accepted or refused)
         self._refused: Any = None  # reason code of a refusal that retrying cannot cure
@@ -171,15 +187,31 @@ class MqttSubscriber:
         """
         if not self.options.manual_ack:
             return
+        self.ack_ids([(m.session, m.mid, m.qos) for m in messages if m.qos])
+
+    def ack_ids(self, acks: Sequence[tuple[int, int, int]]) -> None:
+        """Acknowledge ``(session, mid, qos)`` triples, in order (see :meth:`ack`)."""
+        if not self.options.manual_ack:
+            return
         session = self.session
         client = self.client
-        for m in messages:
-            if m.qos:
-                if m.session != session:
-                    self.stale_acks += 1
-                    continue
-                client.ack(m.mid, m.qos)
+        bulk = client.ack_batch if isinstance(client, FastClient) else None
+        puback: list[int] = []
+        for m_session, mid, qos in acks:
+            if m_session != session:
+                self.stale_acks += 1
+            elif qos == 1 and bulk is not None:
+                puback.append(mid)
+            else:
+                if puback and bulk is not None:  # keep the order of acknowledgements
+                    bulk(puback)
+                    self.acked += len(puback)
+                    puback = []
+                client.ack(mid, qos)
                 self.acked += 1
+        if puback and bulk is not None:
+            bulk(puback)
+            self.acked += len(puback)
 
     def pause(self) -> None:
         """Stop taking messages: QoS 1/2 stay unacknowledged and the broker redelivers
@@ -206,7 +238,7 @@ class MqttSubscriber:
         self.connected = True
         self._connack.set()
         self.connects += 1
-        self.session = next(_SESSIONS)
+        self.session = next(_SESSIONS[0])
         log.info(
             "MQTT connected to %s:%d (session present: %s)",
             self.options.host, self.options.port, getattr(flags, "session_present", None),
@@ -232,17 +264,19 @@ class MqttSubscriber:
             log.warning("MQTT disconnected: %s; reconnecting", reason)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        self._on_raw(bytes(msg._topic), bytes(msg.payload), msg.mid, msg.qos)
+
+    def _on_raw(self, topic_bytes: bytes, payload: bytes, mid: int, qos: int) -> None:
         if self.paused:
-            if msg.qos == 1 and self.options.manual_ack:
+            if qos == 1 and self.options.manual_ack:
                 self.deferred += 1  # unacknowledged: the broker redelivers it
                 return
-            if msg.qos == 0:
+            if qos == 0:
                 self.dropped_at_shutdown += 1  # at most once, arriving during the shutdown
                 return
             # QoS 2: paho sent PUBREC on receipt, the broker will not send it again: keep it.
         try:
-            topic = msg.topic
+            topic = topic_bytes.decode()
         except UnicodeDecodeError:  # brokers should refuse these; never crash if one does not
-            topic = bytes(msg._topic).decode("utf-8", "replace")
-        self.buffer.append(RawMessage(topic, bytes(msg.payload), time.time_ns(), msg.mid, msg.qos,
-                                      self.session))
+            topic = topic_bytes.decode("utf-8", "replace")
+        self.buffer.put(topic, payload, time.time_ns(), mid, qos, self.session)

@@ -24,6 +24,7 @@ from ingest.errors import WriteError
 from ingest.influx import InfluxV1Transport, InfluxV2Transport, InfluxWriter
 from ingest.lineproto import batch_lines
 from ingest.metrics import IngestCollector, IngestCounters, ingest_line
+from ingest.netproc import ProcessSubscriber
 from ingest.spool import Spool
 from ingest.subscriber import MqttOptions, MqttSubscriber
 from lifeline.alerting import AlertsRuntime, TrackerStateView
@@ -144,7 +145,8 @@ class Service:
         self.alerts.use_device_state(TrackerStateView(self.devices.tracker))  # inhibition
         self.device_info = DeviceInfoFeed(self.registry.__iter__, self.writer.submit)
         self.buffer = RawBuffer(wake_at=ing.batch_messages)
-        self.subscriber = MqttSubscriber(
+        subscriber_class = ProcessSubscriber if settings.mqtt.network_process else MqttSubscriber
+        self.subscriber: MqttSubscriber | ProcessSubscriber = subscriber_class(
             mqtt_options(settings),
             [self.scheme.subscription(kind) for kind in TopicKind],
             self.buffer,

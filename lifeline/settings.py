@@ -66,6 +66,7 @@ class MqttSettings(_Section):
     shared_group: str = ""
     connect_timeout: str = "30s"
     buffered_reads: bool = True  # paho reads through one 64 KiB recv (ingest.mqttsocket)
+    network_process: bool = True  # paho in a process of its own (ingest.netproc)
 
     @field_validator("prefix")
     @classmethod

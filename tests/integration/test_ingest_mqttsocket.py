@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import threading
 import time
@@ -249,6 +250,112 @@ def test_fast_publish_decode_gives_what_paho_gives(v5: bool,
     assert fast == stock
     assert len(stock) == len(packets)
     assert len(paho_decodes) == (2 if v5 else 0)  # only the packets with properties
+
+
+def test_raw_sink_and_batched_pubacks_on_the_wire() -> None:
+    """``on_raw_publish`` gets what paho's message would carry (packets with properties
+    still take paho's path), and ``ack_batch`` puts PUBACKs on the wire in order, mixed
+    with single acks exactly as if sent apart."""
+    broker = ScriptedBroker(v5=True)
+    raw: list[tuple[bytes, bytes, int, int]] = []
+    via_paho: list[tuple[str, bytes, int, int]] = []
+    client = FastClient(CallbackAPIVersion.VERSION2, client_id="raw",
+                        protocol=MQTTProtocolVersion.MQTTv5, manual_ack=True)
+    client.on_raw_publish = lambda t, p, mid, q: raw.append((t, p, mid, q))
+    client.on_message = lambda c, u, m: via_paho.append((m.topic, m.payload, m.mid, m.qos))
+    client.connect("127.0.0.1", broker.port, keepalive=600)
+    client.loop_start()
+    try:
+        assert broker.ready.wait(5)
+        user = b"\x26" + b"\x00\x01k" + b"\x00\x01v"
+        broker.send(publish_v5("a/\u00e9", b"one", qos=1, mid=1)
+                    + publish_v5("b", b"", qos=0)
+                    + publish_v5("c", b"three", qos=1, mid=258, props=user)
+                    + publish_v5("d", b"\x00four", qos=1, mid=65535))
+        assert wait_for(lambda: len(raw) + len(via_paho) >= 4, 10)
+        assert raw == [("a/\u00e9".encode(), b"one", 1, 1), (b"b", b"", 0, 0),
+                       (b"d", b"\x00four", 65535, 1)]
+        assert via_paho == [("c", b"three", 258, 1)]
+        client.ack_batch([1, 65535])
+        client.ack(258, 1)
+        client.ack_batch([])  # nothing queued
+        assert broker.conn is not None
+        broker.conn.settimeout(5)
+        wire = b""
+        while len(wire) < 12:
+            wire += broker.conn.recv(100)
+        assert wire == (b"\x40\x02\x00\x01" b"\x40\x02\xff\xff" b"\x40\x02\x01\x02")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+        broker.close()
+
+
+@pytest.mark.parametrize("v5", [True, False], ids=["mqtt5", "mqtt311"])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_bulk_read_delivers_a_mixed_stream_cut_anywhere_in_order(v5: bool, seed: int) -> None:
+    """The bulk PUBLISH reader and paho's own read share one stream: packets it must
+    leave to paho (QoS 2, properties, PINGRESP), payloads larger than the read buffer,
+    four-byte lengths, and segments cut at random places; every message once, in order."""
+    rng = random.Random(seed)
+    user = b"\x26" + b"\x00\x01k" + b"\x00\x01v"
+    packets: list[bytes] = []
+    expected: list[tuple[bytes, bytes, int, int]] = []
+    for i in range(400):
+        qos = rng.choice([0, 0, 1, 1, 1, 2])
+        mid = (i + 1 if qos == 2 else rng.randint(1, 65535)) if qos else 0
+        size = rng.choice([0, 1, 30, 120, 127, 128, 16_383, 16_384, 70_000, 2_100_000]
+                          if i % 40 == 0 else [0, 1, 30, 120, 127, 128])
+        payload = bytes([i % 256]) * size
+        topic = f"t/{i}/\u00e9"
+        props = user if v5 and i % 17 == 0 else b""
+        if v5:
+            packets.append(publish_v5(topic, payload, qos=qos, mid=mid, props=props))
+        else:
+            t = topic.encode()
+            body = len(t).to_bytes(2, "big") + t + (mid.to_bytes(2, "big") if qos else b"")
+            packets.append(bytes([0x30 | qos << 1]) + _remaining(len(body + payload))
+                           + body + payload)
+        expected.append((topic.encode(), payload, mid, qos))
+        if qos == 2:  # paho hands a QoS 2 message over on PUBREL
+            packets.append(b"\x62\x02" + mid.to_bytes(2, "big"))
+        if i % 23 == 0:
+            packets.append(b"\xd0\x00")  # PINGRESP: paho's
+    stream = b"".join(packets)
+    broker = ScriptedBroker(v5=v5)
+    got: list[tuple[bytes, bytes, int, int]] = []
+    client = FastClient(CallbackAPIVersion.VERSION2, client_id=f"bulk{seed}", manual_ack=True,
+                        protocol=MQTTProtocolVersion.MQTTv5 if v5 else
+                        MQTTProtocolVersion.MQTTv311)
+    client.on_raw_publish = lambda t, p, mid, q: got.append((t, p, mid, q))
+    client.on_message = lambda c, u, m: got.append((bytes(m._topic), bytes(m.payload),
+                                                    m.mid, m.qos))
+    bulk = [0]
+    take = client.take_publishes
+
+    def counting(sock: BufferedSocket) -> int:
+        bulk[0] += (n := take(sock))
+        return n
+
+    client.take_publishes = counting  # type: ignore[method-assign]
+    client.connect("127.0.0.1", broker.port, keepalive=600)
+    client.loop_start()
+    try:
+        assert broker.ready.wait(5)
+        pos = 0
+        while pos < len(stream):
+            step = rng.choice([1, 2, 3, 5, 64, 1000, 65_535, 65_537, 200_000])
+            broker.send(stream[pos:pos + step], pause=0.001 if rng.random() < 0.05 else 0)
+            pos += step
+        assert wait_for(lambda: len(got) >= len(expected), 30)
+        time.sleep(0.1)
+        assert len(got) == len(expected)
+        assert got == expected
+        assert len(expected) // 2 < bulk[0] < len(expected)  # both readers had a share
+    finally:
+        client.disconnect()
+        client.loop_stop()
+        broker.close()
 
 
 # --------------------------------------------------------------------------- real broker

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 import uuid
@@ -19,6 +21,7 @@ from pydantic import SecretStr
 from devices.model import Device
 from devices.registry import write_inventory
 from ingest.deadletter import DeadLetterStore
+from ingest.netproc import SESSION_RANGE, ProcessSubscriber
 from lifeline.app import create_app
 from lifeline.auth import token_digest
 from lifeline.harness import ManagedService, start_influxdb
@@ -40,14 +43,16 @@ DEVICES = 40
 
 
 def make_settings(tmp_path: Path, mqtt_port: int, influx_url: str, db: str,
-                  grid: str = "G1", **ingest: object) -> Settings:
+                  grid: str = "G1", network_process: bool = True,
+                  **ingest: object) -> Settings:
     inventory = tmp_path / "inventory.csv"
     if not inventory.exists():
         write_inventory(inventory, [Device(f"gas-{i:03d}", "gas_alarm", grid=grid)
                                     for i in range(DEVICES)])
     return Settings(
         run_dir=tmp_path / "run",
-        mqtt=MqttSettings(port=mqtt_port, client_id=f"svc-{db}", qos=1),
+        mqtt=MqttSettings(port=mqtt_port, client_id=f"svc-{db}", qos=1,
+                          network_process=network_process),
         influx=InfluxSettings(url=influx_url, database=db, flush_interval=0.05, retries=1),
         ingest=IngestSettings(metrics_interval="1h", spool_fsync=False,
                               flush_interval=0.05, **ingest),  # type: ignore[arg-type]
@@ -122,11 +127,13 @@ def own_influx(tmp_path: Path) -> Iterator[ManagedService]:
         service.stop()
 
 
+@pytest.mark.parametrize("network_process", [True, False], ids=["net-process", "one-process"])
 def test_restart_of_the_service_mid_stream_loses_nothing(
-    tmp_path: Path, mosquitto: ManagedService, influxdb: ManagedService
+    tmp_path: Path, mosquitto: ManagedService, influxdb: ManagedService, network_process: bool
 ) -> None:
     db = f"rs{uuid.uuid4().hex[:8]}"
-    settings = make_settings(tmp_path, mosquitto.info.port, influxdb.info.url, db)
+    settings = make_settings(tmp_path, mosquitto.info.port, influxdb.info.url, db,
+                             network_process=network_process)
     total = 12_000
     pub = Publisher(mosquitto.info.port, total, rate=2000)
     with Running(settings) as first:
@@ -145,6 +152,40 @@ def test_restart_of_the_service_mid_stream_loses_nothing(
         assert stored() == total
         assert second.stats.dead_lettered == 0
     assert first.subscriber.acked > 0 and second.subscriber.acked > 0
+
+
+def test_network_process_killed_mid_stream_loses_nothing(
+    tmp_path: Path, mosquitto: ManagedService, influxdb: ManagedService
+) -> None:
+    """SIGKILL of the MQTT network process: the service starts another, the broker
+    redelivers what was not acknowledged, the decoder drops what was already stored."""
+    db = f"nk{uuid.uuid4().hex[:8]}"
+    settings = make_settings(tmp_path, mosquitto.info.port, influxdb.info.url, db)
+    total = 8_000
+    pub = Publisher(mosquitto.info.port, total, rate=2000)
+    with Running(settings) as service:
+        subscriber = service.subscriber
+        assert isinstance(subscriber, ProcessSubscriber)
+        first_pid, first_session = subscriber.pid, subscriber.session
+        assert first_pid is not None
+        pub.start()
+        assert wait_for(lambda: service.stats.received > 1500, 20)
+        assert pub.sent < total  # killed mid-stream
+        os.kill(first_pid, signal.SIGKILL)
+        assert wait_for(lambda: subscriber.restarts == 1 and subscriber.connected, 30)
+        assert subscriber.pid != first_pid
+        # numbered in a new range: acks for the dead process's connection are refused
+        assert subscriber.session > first_session + SESSION_RANGE // 2
+        pub.join(60)
+
+        def stored() -> int:
+            return count_values(influxdb.info.url, db, ["gas_alarm"])
+
+        assert wait_for(lambda: stored() >= total, 40)
+        time.sleep(0.5)
+        assert stored() == total
+        assert service.stats.dead_lettered == 0
+    assert subscriber.acked > 0
 
 
 def test_influxdb_stop_and_start_mid_stream_loses_nothing(

@@ -143,6 +143,9 @@ class RuleEngine:
         self.reloads = 0
         self._lock = threading.RLock()
         self._match: dict[tuple[int, str, str], bool] = {}
+        self._kind_of: I64 = np.zeros(0, dtype=np.int64)  # (type, metric) number per series
+        self._kind_index: dict[tuple[str, str], int] = {}
+        self._kinds: list[tuple[str, str]] = []
         self._slots: list[_Slot] = []
         self._dev_ref: list[Device] = list(series.devices)
         self._install(rules, {})
@@ -173,7 +176,7 @@ class RuleEngine:
                     slot.tracker = CompositeTracker(rule)
             slots.append(slot)
         self._slots = slots
-        self._match.clear()
+        self._forget_matches()
         return kept, len(slots) - kept
 
     def reload(self, rules: Sequence[Rule]) -> tuple[int, int]:
@@ -191,7 +194,31 @@ class RuleEngine:
             for slot in self._slots:
                 slot.applies = np.zeros(0, dtype=np.bool_)
                 slot.limit = np.zeros(0)
-            self._match.clear()
+            self._forget_matches()
+
+    def _series_kinds(self, total: int) -> I64:
+        """The (device type, metric) number of every series up to ``total``."""
+        have = self._kind_of.shape[0]
+        if have < total:
+            index, kinds = self._kind_index, self._kinds
+            devices, metrics = self.series.devices, self.series.metrics
+            extra = np.empty(total - have, dtype=np.int64)
+            for i, sid in enumerate(range(have, total)):
+                key = (devices[sid].type, metrics[sid])
+                number = index.get(key)
+                if number is None:
+                    number = index[key] = len(kinds)
+                    kinds.append(key)
+                extra[i] = number
+            self._kind_of = np.concatenate([self._kind_of, extra])
+        return self._kind_of
+
+    def _forget_matches(self) -> None:
+        """Rules or devices changed: applicability is worked out again."""
+        self._match.clear()
+        self._kind_of = np.zeros(0, dtype=np.int64)
+        self._kind_index = {}
+        self._kinds = []
 
     def _sync(self, index: int) -> _Slot:
         """Extend the slot's applicability and limits to series created since."""
@@ -200,23 +227,32 @@ class RuleEngine:
         have = slot.applies.shape[0]
         if have < total:
             rule = slot.rule
-            extra = np.zeros(total - have, dtype=np.bool_)
-            for i, sid in enumerate(range(have, total)):
-                dev, metric = self.series.devices[sid], self.series.metrics[sid]
-                key = (index, dev.type, metric)
+            need = self._series_kinds(total)[have:total]
+            # one match per (device type, metric), not per series
+            table = np.zeros(len(self._kinds), dtype=np.bool_)
+            for kind in np.unique(need).tolist():
+                dtype, metric = self._kinds[kind]
+                key = (index, dtype, metric)
                 hit = self._match.get(key)
                 if hit is None:
-                    hit = ((not rule.device_types or dev.type in rule.device_types)
+                    hit = ((not rule.device_types or dtype in rule.device_types)
                            and fnmatch.fnmatchcase(metric, rule.metric))
                     self._match[key] = hit
-                extra[i] = hit
-            slot.applies = np.concatenate([slot.applies, extra])
+                table[kind] = hit
+            slot.applies = np.concatenate([slot.applies, table[need]])
         if isinstance(slot.rule, ThresholdRule) and slot.limit.shape[0] < total:
             start = slot.limit.shape[0]
-            pairs = [device_limits(slot.rule, self.series.devices[s], self.series.metrics[s])
-                     for s in range(start, total)]
-            slot.limit = np.concatenate([slot.limit, np.array([p[0] for p in pairs])])
-            slot.clear = np.concatenate([slot.clear, np.array([p[1] for p in pairs])])
+            _, limit, clear = k.threshold_limits(slot.rule)
+            limits = np.full(total - start, limit, dtype=np.float64)
+            clears = np.full(total - start, clear, dtype=np.float64)
+            if slot.rule.limit is not None:  # devices with limits of their own
+                devices, metrics = self.series.devices, self.series.metrics
+                for i, sid in enumerate(range(start, total)):
+                    if devices[sid].limits:
+                        limits[i], clears[i] = device_limits(slot.rule, devices[sid],
+                                                             metrics[sid])
+            slot.limit = np.concatenate([slot.limit, limits])
+            slot.clear = np.concatenate([slot.clear, clears])
         slot.state.grow(total)
         return slot
 
@@ -318,7 +354,7 @@ class RuleEngine:
         self._dev_ref = list(devs)
         if not changed:
             return
-        self._match.clear()
+        self._forget_matches()
         for slot in self._slots:
             rule = slot.rule
             for sid in changed:

@@ -27,7 +27,7 @@ from ingest.batch import RawBuffer
 from ingest.mqttsocket import BufferedClient, BufferedSocket, FastClient
 from ingest.subscriber import MqttOptions, MqttSubscriber
 from lifeline.harness import ManagedService
-from tests.support import wait_for
+from tests.support import remaining_length, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -58,20 +58,11 @@ def test_buffered_socket_serves_small_reads_from_one_recv() -> None:
 # --------------------------------------------------------------------------- scripted peer
 
 
-def _remaining(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 def publish_packet(topic: str, payload: bytes) -> bytes:
     """An MQTT 3.1.1 PUBLISH, QoS 0."""
     t = topic.encode()
     body = len(t).to_bytes(2, "big") + t + payload
-    return b"\x30" + _remaining(len(body)) + body
+    return b"\x30" + remaining_length(len(body)) + body
 
 
 def publish_v5(topic: str, payload: bytes, *, qos: int = 0, mid: int = 0, props: bytes = b"",
@@ -81,9 +72,9 @@ def publish_v5(topic: str, payload: bytes, *, qos: int = 0, mid: int = 0, props:
     body = len(t).to_bytes(2, "big") + t
     if qos:
         body += mid.to_bytes(2, "big")
-    body += _remaining(len(props)) + props + payload
+    body += remaining_length(len(props)) + props + payload
     header = 0x30 | (qos << 1) | (0x08 if dup else 0) | (0x01 if retain else 0)
-    return bytes([header]) + _remaining(len(body)) + body
+    return bytes([header]) + remaining_length(len(body)) + body
 
 
 class ScriptedBroker:
@@ -235,7 +226,7 @@ def test_fast_publish_decode_gives_what_paho_gives(v5: bool,
         packets = [publish_packet("a/b", b"plain"), publish_packet("a/\u00e9", b""),
                    publish_packet("r", b"x" * 300)]
         body = b"\x00\x02qq" + (1234).to_bytes(2, "big") + b"payload"
-        packets.append(bytes([0x3B]) + _remaining(len(body)) + body)  # dup, QoS 1, retain
+        packets.append(bytes([0x3B]) + remaining_length(len(body)) + body)  # dup, QoS 1, retain
     stream = b"".join(packets)
     stock = _receive(mqtt.Client, v5, stream, len(packets))
     paho_decodes = []
@@ -314,7 +305,7 @@ def test_bulk_read_delivers_a_mixed_stream_cut_anywhere_in_order(v5: bool, seed:
         else:
             t = topic.encode()
             body = len(t).to_bytes(2, "big") + t + (mid.to_bytes(2, "big") if qos else b"")
-            packets.append(bytes([0x30 | qos << 1]) + _remaining(len(body + payload))
+            packets.append(bytes([0x30 | qos << 1]) + remaining_length(len(body + payload))
                            + body + payload)
         expected.append((topic.encode(), payload, mid, qos))
         if qos == 2:  # paho hands a QoS 2 message over on PUBREL

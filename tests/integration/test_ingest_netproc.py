@@ -45,12 +45,18 @@ def options(port: int, prefix: str, **kw: object) -> MqttOptions:
     return MqttOptions(port=port, client_id=f"{prefix}-net", **kw)  # type: ignore[arg-type]
 
 
-def test_messages_cross_in_order_and_acks_reach_the_broker(mosquitto: ManagedService) -> None:
+def started(port: int, **kw: object) -> tuple[str, MqttOptions, RawBuffer, ProcessSubscriber]:
+    """A network process subscribed to a fresh prefix: (prefix, options, buffer, it)."""
     prefix = f"n{uuid.uuid4().hex[:6]}"
-    opts = options(mosquitto.info.port, prefix)
+    opts = options(port, prefix, **kw)
     buffer = RawBuffer()
     sub = ProcessSubscriber(opts, [f"{prefix}/+/telemetry"], buffer)
     sub.start()
+    return prefix, opts, buffer, sub
+
+
+def test_messages_cross_in_order_and_acks_reach_the_broker(mosquitto: ManagedService) -> None:
+    prefix, opts, buffer, sub = started(mosquitto.info.port)
     try:
         assert sub.subscribed.wait(10) and sub.connected and sub.connects == 1
         assert sub.pid is not None and sub.pid != os.getpid()
@@ -80,11 +86,7 @@ def test_messages_cross_in_order_and_acks_reach_the_broker(mosquitto: ManagedSer
 
 def test_unacknowledged_messages_come_back_and_old_acks_are_refused(
         mosquitto: ManagedService) -> None:
-    prefix = f"n{uuid.uuid4().hex[:6]}"
-    opts = options(mosquitto.info.port, prefix, qos=2)
-    buffer = RawBuffer()
-    sub = ProcessSubscriber(opts, [f"{prefix}/+/telemetry"], buffer)
-    sub.start()
+    prefix, opts, buffer, sub = started(mosquitto.info.port, qos=2)
     assert sub.subscribed.wait(10)
     publish(mosquitto.info.port, [f"{prefix}/a/telemetry"] * 6, 1)
     publish(mosquitto.info.port, [f"{prefix}/b/telemetry"] * 4, 2, tag="q")
@@ -112,11 +114,7 @@ def test_unacknowledged_messages_come_back_and_old_acks_are_refused(
 
 def test_pause_hands_over_everything_taken_and_defers_the_rest(
         mosquitto: ManagedService) -> None:
-    prefix = f"n{uuid.uuid4().hex[:6]}"
-    opts = options(mosquitto.info.port, prefix)
-    buffer = RawBuffer()
-    sub = ProcessSubscriber(opts, [f"{prefix}/+/telemetry"], buffer)
-    sub.start()
+    prefix, opts, buffer, sub = started(mosquitto.info.port)
     try:
         assert sub.subscribed.wait(10)
         publish(mosquitto.info.port, [f"{prefix}/a/telemetry"] * 50, 1)
@@ -142,11 +140,7 @@ def test_pause_hands_over_everything_taken_and_defers_the_rest(
 
 def test_a_killed_network_process_is_replaced_and_nothing_is_lost(
         mosquitto: ManagedService) -> None:
-    prefix = f"n{uuid.uuid4().hex[:6]}"
-    opts = options(mosquitto.info.port, prefix)
-    buffer = RawBuffer()
-    sub = ProcessSubscriber(opts, [f"{prefix}/+/telemetry"], buffer)
-    sub.start()
+    prefix, _opts, buffer, sub = started(mosquitto.info.port)
     try:
         assert sub.subscribed.wait(10)
         publish(mosquitto.info.port, [f"{prefix}/a/telemetry"] * 300, 1)

@@ -19,24 +19,16 @@ from ingest.batch import RawBuffer, RawMessage
 from ingest.mqttsocket import BufferedSocket, FastClient
 from ingest.netproc import ChildStatus, _BatchSink, _service_logging, _setup_child_logging
 from lifeline.logs import REDACTED, JsonFormatter, RedactingFilter
-
-
-def _remaining(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
+from tests.support import remaining_length
 
 
 def publish(topic: bytes, payload: bytes, qos: int, mid: int, v5: bool,
             props: bytes = b"") -> bytes:
     body = len(topic).to_bytes(2, "big") + topic + (mid.to_bytes(2, "big") if qos else b"")
     if v5:
-        body += _remaining(len(props)) + props
+        body += remaining_length(len(props)) + props
     body += payload
-    return bytes([0x30 | qos << 1]) + _remaining(len(body)) + body
+    return bytes([0x30 | qos << 1]) + remaining_length(len(body)) + body
 
 
 # (topic, payload, qos, mid, with properties); qos 2 and properties are paho's to decode

@@ -330,12 +330,12 @@ class ProcessSubscriber:
         self.restarts += 1
         delay = 1.0
         while not self._stopping:
-            with self._send_lock:
-                try:
-                    self._spawn()
-                    kind, _, payload = self._receive_start()
-                except IngestError as exc:
-                    kind, payload = "error", ("unavailable", str(exc))
+            try:
+                with self._send_lock:  # acks meanwhile go to the new process, which refuses
+                    self._spawn()      # them (old connection); the writer never waits here
+                kind, _, payload = self._receive_start()
+            except IngestError as exc:
+                kind, payload = "error", ("unavailable", str(exc))
             if kind != "error":
                 return
             log.error("MQTT network process could not connect: %s; retrying in %.0fs",

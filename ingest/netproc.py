@@ -1,9 +1,9 @@
 """The MQTT network loop in a process of its own.
 
-In one process the paho network thread (about 15 µs per message) and the pipeline
-(decode, rules, line protocol, writer: about 20 µs) share one GIL, so a second
-core does not help. :class:`ProcessSubscriber` runs an :class:`MqttSubscriber`
-in a child process that does nothing but read the socket and send whole batches of
+In one process the paho network thread and the pipeline (decode, rules, line
+protocol, writer) share one GIL, so a second core does not help.
+:class:`ProcessSubscriber` runs an :class:`MqttSubscriber` in a child process
+that does nothing but read the socket and send whole batches of
 ``(topic, payload, received_at_ns, mid, qos, session)`` tuples through a pipe;
 a thread of the service puts them into the :class:`RawBuffer`. Acknowledgements
 go back as ``(session, mid, qos)`` triples and are sent by the child on the
@@ -252,6 +252,9 @@ class ProcessSubscriber:
         """A fresh interpreter (not fork: the service has threads; not multiprocessing's
         spawn: it would import the embedding program's ``__main__`` again)."""
         self._generation = next(_GENERATIONS)
+        for old in (self._data, self._control):  # a dead process's pipes
+            if old is not None:
+                old.close()
         data_r, data_w = os.pipe()
         control_r, control_w = os.pipe()
         env = dict(os.environ)

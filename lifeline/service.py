@@ -187,6 +187,8 @@ class Service:
             "influx_up": 1.0 if self.writer.influx_up else 0.0,
             "mqtt_connected": 1.0 if self.subscriber.connected else 0.0,
             "acked": float(self.subscriber.acked),
+            "stale_acks": float(self.subscriber.stale_acks),
+            "network_process_restarts": float(getattr(self.subscriber, "restarts", 0)),
         }
 
     def start(self) -> None:

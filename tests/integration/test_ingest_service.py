@@ -185,6 +185,9 @@ def test_network_process_killed_mid_stream_loses_nothing(
         time.sleep(0.5)
         assert stored() == total
         assert service.stats.dead_lettered == 0
+        metrics = generate_latest(REGISTRY).decode()
+        assert "lifeline_ingest_network_process_restarts 1.0" in metrics
+        assert "lifeline_ingest_mqtt_connected 1.0" in metrics
     assert subscriber.acked > 0
 
 

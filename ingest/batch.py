@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import threading
-from collections import deque
 from dataclasses import dataclass
 from enum import IntFlag
-from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
+
+from ingest.raw import RawBuffer, RawMessage
+
+__all__ = ["Batch", "RawBuffer", "RawMessage", "ReadingFlag"]
 
 
 class ReadingFlag(IntFlag):
@@ -19,17 +20,6 @@ class ReadingFlag(IntFlag):
     TS_MISSING = 1  # no timestamp in the payload: receive time used
     OUT_OF_RANGE = 2  # outside the metric's physical range
     CONVERTED = 4  # converted from a device unit
-
-
-class RawMessage(NamedTuple):
-    """One MQTT message as the network thread saw it (a tuple: cheap to build there)."""
-
-    topic: str
-    payload: bytes
-    received_at_ns: int
-    mid: int = 0  # MQTT packet id (QoS 1/2), for the manual acknowledgement
-    qos: int = 0
-    session: int = 0  # connection it arrived on: an ack is only valid on that one
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,50 +50,3 @@ class Batch:
             value=np.asarray(value, dtype=np.float64),
             flags=np.asarray(flags, dtype=np.uint16),
         )
-
-
-class RawBuffer:
-    """Hand-off from the MQTT network thread to the decoder.
-
-    The network thread only appends; the pipeline drains in batches.
-    """
-
-    def __init__(self, wake_at: int = 5000) -> None:
-        self._items: deque[RawMessage] = deque()
-        self._wake_at = wake_at
-        self._ready = threading.Event()
-
-    def append(self, message: RawMessage) -> None:
-        """Called from the network thread: O(1), no decoding."""
-        self._items.append(message)
-        if len(self._items) >= self._wake_at and not self._ready.is_set():
-            self._ready.set()
-
-    def put(self, topic: str, payload: bytes, received_at_ns: int, mid: int, qos: int,
-            session: int) -> None:
-        """Append one message from its parts (the network thread's call)."""
-        self.append(RawMessage(topic, payload, received_at_ns, mid, qos, session))
-
-    def extend(self, messages: list[RawMessage]) -> None:
-        """Append a whole batch (handed over by the network process)."""
-        self._items.extend(messages)
-        if len(self._items) >= self._wake_at and not self._ready.is_set():
-            self._ready.set()
-
-    def wake(self) -> None:
-        """Wake a waiting :meth:`wait` now (a small batch that should not wait)."""
-        self._ready.set()
-
-    def wait(self, timeout: float) -> None:
-        """Block until a batch is ready or ``timeout`` passes."""
-        self._ready.wait(timeout)
-        self._ready.clear()
-
-    def drain(self, limit: int) -> list[RawMessage]:
-        """Take up to ``limit`` messages, oldest first."""
-        items = self._items
-        n = min(limit, len(items))
-        return [items.popleft() for _ in range(n)]
-
-    def __len__(self) -> int:
-        return len(self._items)

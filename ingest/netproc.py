@@ -35,8 +35,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from ingest.batch import RawBuffer, RawMessage
 from ingest.errors import BrokerRejectedError, BrokerUnavailableError, IngestError
+from ingest.raw import RawBuffer, RawMessage
 from ingest.subscriber import MqttOptions, MqttSubscriber, session_numbers
 
 log = logging.getLogger(__name__)

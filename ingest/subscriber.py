@@ -16,9 +16,9 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from ingest.batch import RawMessage
 from ingest.errors import BrokerRejectedError, BrokerUnavailableError
 from ingest.mqttsocket import FastClient
+from ingest.raw import RawMessage
 
 log = logging.getLogger(__name__)
 _SESSIONS = [itertools.count(1)]  # a holder: a network process renumbers it

@@ -281,7 +281,7 @@ def full_path(run: Path, mqtt_port: int, influx_url: str, inventory: Path, *, qo
               network_process: bool = True,
               servers: dict[str, int] | None = None) -> dict[str, Any]:
     """The real service draining (or keeping up with) ``messages`` messages."""
-    from lifeline.service import Service  # noqa: PLC0415 - heavy
+    from lifeline.service import Service, tune_gc_for_throughput  # noqa: PLC0415 - heavy
 
     live = live_rate > 0
 
@@ -323,12 +323,14 @@ def full_path(run: Path, mqtt_port: int, influx_url: str, inventory: Path, *, qo
         _join(publish_all(mqtt_port, qos, devices, messages, array, base_ms, publishers))
         time.sleep(0.5)
         service = Service(settings)
+        tune_gc_for_throughput()  # as `lifeline serve` does
         service.start()  # connects; paho buffers until the pipeline thread runs below
         started, cpu0 = time.perf_counter(), _cpu_s()
         net0 = _net_cpu_s(service)
         servers0 = _servers_cpu_s(servers)
         procs: list[Any] = []
     else:
+        tune_gc_for_throughput()  # as `lifeline serve` does
         service.start()
         if not service.subscriber.subscribed.wait(30):
             raise RuntimeError("the service did not subscribe within 30 s")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import itertools
 import logging
 import os
@@ -98,6 +99,8 @@ def child_main(data: Connection, control: Connection) -> None:
     except (EOFError, OSError):
         return
     _setup_child_logging(*logs)
+    gc.freeze()  # as the service does: few collector passes over many short-lived tuples
+    gc.set_threshold(50_000, 20, 100)
     session_numbers(generation * SESSION_RANGE + 1)
     sink = _BatchSink()
     try:

@@ -13,7 +13,7 @@ from ingest.errors import IngestError
 from lifeline.commands.common import CommandError, settings_from
 from lifeline.db import DatabaseError
 from lifeline.logs import setup_logging
-from lifeline.service import Service, StartupError
+from lifeline.service import Service, StartupError, tune_gc_for_throughput
 from lifeline.settings import secret_values
 from rules.errors import RulesError
 
@@ -33,6 +33,7 @@ def serve_command(args: argparse.Namespace) -> int:
                   settings.log_format, secret_values(settings))
     try:
         service = Service(settings)
+        tune_gc_for_throughput()
         service.start()
     except (StartupError, IngestError, RulesError, DevicesError, DatabaseError) as exc:
         raise CommandError(f"cannot start: {exc}", code=3) from exc

@@ -3,6 +3,7 @@ the raw buffer and the logging set-up that crosses into the process."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import pickle
 import socket
@@ -19,6 +20,7 @@ from ingest.batch import RawBuffer, RawMessage
 from ingest.mqttsocket import BufferedSocket, FastClient
 from ingest.netproc import ChildStatus, _BatchSink, _service_logging, _setup_child_logging
 from lifeline.logs import REDACTED, JsonFormatter, RedactingFilter
+from lifeline.service import GC_THRESHOLDS, tune_gc_for_throughput
 from tests.support import remaining_length
 
 
@@ -176,3 +178,14 @@ def test_logging_set_up_crosses_with_json_and_redaction(
         assert "WARNING x: plain" in " ".join(capsys.readouterr().err.split())
     finally:
         root.handlers, root.level = saved[0], saved[1]
+
+
+def test_gc_tuning_of_the_service_process() -> None:
+    before = gc.get_threshold()
+    try:
+        tune_gc_for_throughput()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert gc.get_freeze_count() > 0  # start-up objects out of collection
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

@@ -102,7 +102,9 @@ class Deduplicator:
 
 
 # Per device: the device object it was built for and {metric: (series id, spec)}.
-_MetricCache = tuple[Device, dict[str, tuple[int, MetricSpec]], Mapping[str, MetricSpec]]
+# Per metric: (series id, spec, spec.low, spec.high) — the bounds unpacked for the hot loop.
+_MetricCache = tuple[Device, dict[str, tuple[int, MetricSpec, float, float]],
+                     Mapping[str, MetricSpec]]
 
 
 class Decoder:
@@ -257,10 +259,18 @@ class Decoder:
             raise _Reject(Reason.BAD_SHAPE, "'values' must be a non-empty object")
         flags = 0
         raw_ts = obj.get("ts")
-        ts_ns = self._timestamp(raw_ts, received_at_ns)
-        if ts_ns is None:
-            ts_ns = received_at_ns
-            flags = _TS_MISSING
+        limits = self.limits
+        if (type(raw_ts) is int and _SECONDS_CUTOFF <= raw_ts < _MAX_MS
+                and -limits.max_past_ns <= raw_ts * NS_PER_MS - received_at_ns
+                <= limits.max_future_ns):
+            ts_ns = raw_ts * NS_PER_MS  # the common case: epoch ms in bounds
+        else:
+            maybe_ts = self._timestamp(raw_ts, received_at_ns)  # others, and every rejection
+            if maybe_ts is None:
+                ts_ns = received_at_ns
+                flags = _TS_MISSING
+            else:
+                ts_ns = maybe_ts
         units = obj.get("units")
         if units is not None and type(units) is not dict:
             raise _Reject(Reason.BAD_SHAPE, "'units' must be an object")
@@ -281,9 +291,9 @@ class Decoder:
                     bad = bad or []
                     bad.append((Reason.UNKNOWN_METRIC, f"unknown metric {name[:64]!r}"))
                     continue
-                entry = (self.series.id_for(device, name), spec)
+                entry = (self.series.id_for(device, name), spec, spec.low, spec.high)
                 specs[name] = entry
-            series_id, spec = entry
+            series_id, spec, low, high = entry
             rtype = type(raw)
             if rtype is float:
                 number = raw
@@ -318,7 +328,7 @@ class Decoder:
                             bad = bad or []
                             bad.append((Reason.NON_FINITE, f"{name}: {number} after conversion"))
                             continue
-            if not spec.low <= number <= spec.high:
+            if not low <= number <= high:
                 vflags |= _OUT_OF_RANGE
             sid.append(series_id)
             ts.append(ts_ns)

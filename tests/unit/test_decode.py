@@ -289,3 +289,28 @@ def test_every_message_is_accepted_duplicate_or_dead_lettered(docs: list[object]
         assert res.readings + res.duplicates > 0 or len(res.dead) == 1
         assert (len(res.batch) > 0) == (res.readings > 0)
         assert all(math.isfinite(v) for v in res.batch.value.tolist())
+
+
+def _iso_ms(ms: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
+
+
+@pytest.mark.parametrize(("offset_ms", "reason"), [
+    (5 * 60_000, None), (5 * 60_000 + 1, Reason.TS_FUTURE),
+    (-30 * 86_400_000, None), (-30 * 86_400_000 - 1, Reason.TS_PAST),
+])
+def test_timestamp_bounds_are_inclusive(offset_ms: int, reason: Reason | None) -> None:
+    """The epoch-ms fast path and the general path agree on the exact bounds
+    (``max_future`` 5 min, ``max_past`` 30 days by default), in objects and arrays."""
+    dec = make_decoder()
+    received_ms = NOW_MS
+    for body in ({"ts": received_ms + offset_ms, "values": {"lel": 1}},  # values differ:
+                 [{"ts": received_ms + offset_ms, "values": {"lel": 2}}],  # not duplicates
+                 {"ts": _iso_ms(received_ms + offset_ms), "values": {"lel": 3}}):
+        res = dec.decode([RawMessage("lifeline/gas-1/telemetry", orjson.dumps(body),
+                                     received_ms * 1_000_000)])
+        if reason is None:
+            assert res.dead == [] and res.batch.ts_ns.tolist() == [
+                (received_ms + offset_ms) * 1_000_000]
+        else:
+            assert len(res.dead) == 1 and res.dead[0].reason is reason and len(res.batch) == 0

@@ -39,9 +39,9 @@ from paho.mqtt.properties import Properties
 
 from devices.model import Device
 from devices.registry import write_inventory
+from ingest.gctuning import tune_gc_for_throughput
 from ingest.mqttsocket import BufferedClient, FastClient
-from ingest.netproc import network_process_cpu_s
-from lifeline.harness import ManagedService, start_influxdb, start_mosquitto
+from lifeline.harness import ManagedService, process_cpu_s, start_influxdb, start_mosquitto
 from lifeline.influxquery import count_values
 from lifeline.settings import (
     ApiSettings,
@@ -263,12 +263,12 @@ def _cpu_s() -> float:
 
 def _net_cpu_s(service: Any) -> float:
     """CPU time of the service's MQTT network process (0 when it runs in-process)."""
-    return network_process_cpu_s(getattr(service.subscriber, "pid", None))
+    return process_cpu_s(getattr(service.subscriber, "pid", None))
 
 
 def _servers_cpu_s(servers: dict[str, int] | None) -> dict[str, float]:
     """CPU time so far of Mosquitto and InfluxDB (by name)."""
-    return {name: network_process_cpu_s(pid) for name, pid in (servers or {}).items()}
+    return {name: process_cpu_s(pid) for name, pid in (servers or {}).items()}
 
 
 def _peak_rss_mb() -> float:
@@ -281,7 +281,7 @@ def full_path(run: Path, mqtt_port: int, influx_url: str, inventory: Path, *, qo
               network_process: bool = True,
               servers: dict[str, int] | None = None) -> dict[str, Any]:
     """The real service draining (or keeping up with) ``messages`` messages."""
-    from lifeline.service import Service, tune_gc_for_throughput  # noqa: PLC0415 - heavy
+    from lifeline.service import Service  # noqa: PLC0415 - heavy
 
     live = live_rate > 0
 

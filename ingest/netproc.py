@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import gc
 import itertools
 import logging
 import os
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ingest.errors import BrokerRejectedError, BrokerUnavailableError, IngestError
+from ingest.gctuning import tune_gc_for_throughput
 from ingest.raw import RawBuffer, RawMessage
 from ingest.subscriber import MqttOptions, MqttSubscriber, session_numbers
 
@@ -99,8 +99,7 @@ def child_main(data: Connection, control: Connection) -> None:
     except (EOFError, OSError):
         return
     _setup_child_logging(*logs)
-    gc.freeze()  # as the service does: few collector passes over many short-lived tuples
-    gc.set_threshold(50_000, 20, 100)
+    tune_gc_for_throughput()  # many short-lived tuples, as in the service
     session_numbers(generation * SESSION_RANGE + 1)
     sink = _BatchSink()
     try:
@@ -241,13 +240,7 @@ class ProcessSubscriber:
         """Start the network process and wait until it is connected (errors as
         :meth:`MqttSubscriber.start` raises them)."""
         self._spawn()
-        kind, _, payload = self._receive_start()
-        if kind == "error":
-            self._wait_child(5)
-            reason, text = payload
-            if reason == "rejected":
-                raise BrokerRejectedError(text)
-            raise BrokerUnavailableError(text)
+        self._receive_start()
         self._reader = threading.Thread(target=self._read, name="mqtt-net-reader", daemon=True)
         self._reader.start()
 
@@ -275,7 +268,9 @@ class ProcessSubscriber:
         self._control.send((self.options, self.topics, self._generation, _service_logging(),
                             self.batch_messages, self.flush_s))
 
-    def _receive_start(self) -> tuple[str, list[Any], Any]:
+    def _receive_start(self) -> None:
+        """Wait for the new process's first message: connected, or the reason it is not
+        (raised as :class:`BrokerRejectedError` / :class:`BrokerUnavailableError`)."""
         deadline = time.monotonic() + self.options.connect_timeout_s + 30
         assert self._process is not None
         while not self._data.poll(0.2):
@@ -292,9 +287,10 @@ class ProcessSubscriber:
             raise IngestError(f"the MQTT network process exited with code "
                               f"{self._wait_child(5)} before connecting") from exc
         if message[0] == "error":
-            return "error", [], (message[1], message[2])
+            self._wait_child(5)
+            error = BrokerRejectedError if message[1] == "rejected" else BrokerUnavailableError
+            raise error(message[2])
         self._apply(message[2])
-        return message[0], message[1], message[2]
 
     def _apply(self, status: ChildStatus) -> None:
         self.status = status
@@ -339,13 +335,11 @@ class ProcessSubscriber:
             try:
                 with self._send_lock:  # acks meanwhile go to the new process, which refuses
                     self._spawn()      # them (old connection); the writer never waits here
-                kind, _, payload = self._receive_start()
-            except IngestError as exc:
-                kind, payload = "error", ("unavailable", str(exc))
-            if kind != "error":
+                self._receive_start()
                 return
-            log.error("MQTT network process could not connect: %s; retrying in %.0fs",
-                      payload[1], delay)
+            except IngestError as exc:
+                log.error("MQTT network process could not connect: %s; retrying in %.0fs",
+                          exc, delay)
             time.sleep(delay)
             delay = min(delay * 2, self.options.reconnect_max_s)
 
@@ -398,19 +392,6 @@ class ProcessSubscriber:
         if st.deferred or st.dropped_at_shutdown:
             log.info("shutdown: %d QoS 1/2 messages left to the next session, %d QoS 0 "
                      "messages not taken", st.deferred, st.dropped_at_shutdown)
-
-
-def network_process_cpu_s(pid: int | None) -> float:
-    """CPU seconds used so far by a process (for benchmarks: the network process, the
-    broker), 0 when unknown."""
-    if pid is None:
-        return 0.0
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 if __name__ == "__main__":

@@ -239,15 +239,29 @@ def _read_cmdline(pid: int) -> list[str] | None:
     return raw.rstrip(b"\0").decode(errors="replace").split("\0")
 
 
-def _proc_state(pid: int) -> str | None:
-    """The state letter from /proc/<pid>/stat (R, S, Z, ...), or None when there is no process."""
+def _proc_stat(pid: int) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command name (state first); [] when
+    there is no process."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text(errors="replace")
     except OSError:
-        return None
-    _, _, rest = stat.rpartition(")")
-    fields = rest.split()
+        return []
+    return stat.rpartition(")")[2].split()
+
+
+def _proc_state(pid: int) -> str | None:
+    """The state letter from /proc/<pid>/stat (R, S, Z, ...), or None when there is no process."""
+    fields = _proc_stat(pid)
     return fields[0] if fields else None
+
+
+def process_cpu_s(pid: int | None) -> float:
+    """CPU seconds (user + system) a process has used so far; 0 when it is unknown or gone
+    (benchmarks: the service's network process, the broker, InfluxDB)."""
+    fields = _proc_stat(pid) if pid else []
+    if len(fields) < 13:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _pid_alive(pid: int) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import gc
 import logging
 import threading
 import time
@@ -42,22 +41,6 @@ from rules.loader import load_rules
 from rules.model import parse_duration_ns
 
 log = logging.getLogger(__name__)
-
-
-GC_THRESHOLDS = (50_000, 20, 100)  # young generation every 50,000 allocations, not 700
-
-
-def tune_gc_for_throughput() -> None:
-    """Fewer garbage-collector passes in a long-running service process.
-
-    Every message makes a few short-lived containers; with CPython's default
-    thresholds the young generation is collected hundreds of times a second and the
-    older ones (the raw buffer, the registry, the de-duplication window) are walked
-    again and again: about a fifth of the service process's time at 50,000 msg/s.
-    Objects alive after start-up are frozen out of collection.
-    """
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
 
 
 class StartupError(LifelineError):

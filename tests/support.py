@@ -52,3 +52,20 @@ def remaining_length(n: int) -> bytes:
         out.append(byte | (0x80 if n else 0))
         if not n:
             return bytes(out)
+
+
+def publish_numbered(port: int, topics: list[str], qos: int, tag: str = "m") -> None:
+    """Publish one message per topic with payload ``<tag><index>`` and wait until the
+    broker has every one."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2)
+    pub.max_inflight_messages_set(1000)
+    pub.connect("127.0.0.1", port)
+    pub.loop_start()
+    infos = [pub.publish(t, f"{tag}{i}".encode(), qos=qos) for i, t in enumerate(topics)]
+    for info in infos:
+        info.wait_for_publish(20)
+    pub.disconnect()
+    pub.loop_stop()

@@ -10,10 +10,11 @@ from types import FrameType
 
 from devices.errors import DevicesError
 from ingest.errors import IngestError
+from ingest.gctuning import tune_gc_for_throughput
 from lifeline.commands.common import CommandError, settings_from
 from lifeline.db import DatabaseError
 from lifeline.logs import setup_logging
-from lifeline.service import Service, StartupError, tune_gc_for_throughput
+from lifeline.service import Service, StartupError
 from lifeline.settings import secret_values
 from rules.errors import RulesError
 

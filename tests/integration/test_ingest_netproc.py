@@ -9,30 +9,16 @@ import sys
 import time
 import uuid
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from ingest.batch import RawBuffer, RawMessage
 from ingest.errors import BrokerRejectedError, BrokerUnavailableError
 from ingest.netproc import SESSION_RANGE, ProcessSubscriber
 from ingest.subscriber import MqttOptions, MqttSubscriber
 from lifeline.harness import ManagedService, free_port
-from tests.support import wait_for
+from tests.support import publish_numbered, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def publish(port: int, topics: list[str], qos: int, tag: str = "m") -> None:
-    pub = mqtt.Client(CallbackAPIVersion.VERSION2)
-    pub.max_inflight_messages_set(1000)
-    pub.connect("127.0.0.1", port)
-    pub.loop_start()
-    infos = [pub.publish(t, f"{tag}{i}".encode(), qos=qos) for i, t in enumerate(topics)]
-    for info in infos:
-        info.wait_for_publish(20)
-    pub.disconnect()
-    pub.loop_stop()
 
 
 def take(buffer: RawBuffer, n: int, timeout: float = 20) -> list[RawMessage]:
@@ -61,7 +47,8 @@ def test_messages_cross_in_order_and_acks_reach_the_broker(mosquitto: ManagedSer
         assert sub.subscribed.wait(10) and sub.connected and sub.connects == 1
         assert sub.pid is not None and sub.pid != os.getpid()
         assert sub.session > SESSION_RANGE
-        publish(mosquitto.info.port, [f"{prefix}/d{i % 7}/telemetry" for i in range(3000)], 1)
+        publish_numbered(mosquitto.info.port,
+                         [f"{prefix}/d{i % 7}/telemetry" for i in range(3000)], 1)
         got = take(buffer, 3000)
         assert [m.payload for m in got] == [f"m{i}".encode() for i in range(3000)]
         assert all(isinstance(m, RawMessage) and m.qos == 1 and m.session == sub.session
@@ -88,14 +75,14 @@ def test_unacknowledged_messages_come_back_and_old_acks_are_refused(
         mosquitto: ManagedService) -> None:
     prefix, opts, buffer, sub = started(mosquitto.info.port, qos=2)
     assert sub.subscribed.wait(10)
-    publish(mosquitto.info.port, [f"{prefix}/a/telemetry"] * 6, 1)
-    publish(mosquitto.info.port, [f"{prefix}/b/telemetry"] * 4, 2, tag="q")
+    publish_numbered(mosquitto.info.port, [f"{prefix}/a/telemetry"] * 6, 1)
+    publish_numbered(mosquitto.info.port, [f"{prefix}/b/telemetry"] * 4, 2, tag="q")
     first = take(buffer, 10)
     assert sorted(m.qos for m in first) == [1] * 6 + [2] * 4
     sub.ack([m for m in first if m.qos == 1][:2] + [m for m in first if m.qos == 2])
     assert wait_for(lambda: sub.acked == 6, 10)
     sub.stop()
-    publish(mosquitto.info.port, [f"{prefix}/c/telemetry"] * 3, 1, tag="away")
+    publish_numbered(mosquitto.info.port, [f"{prefix}/c/telemetry"] * 3, 1, tag="away")
     buffer2 = RawBuffer()
     again = ProcessSubscriber(opts, [f"{prefix}/+/telemetry"], buffer2)
     again.start()
@@ -117,11 +104,11 @@ def test_pause_hands_over_everything_taken_and_defers_the_rest(
     prefix, opts, buffer, sub = started(mosquitto.info.port)
     try:
         assert sub.subscribed.wait(10)
-        publish(mosquitto.info.port, [f"{prefix}/a/telemetry"] * 50, 1)
+        publish_numbered(mosquitto.info.port, [f"{prefix}/a/telemetry"] * 50, 1)
         assert wait_for(lambda: sub.status.received == 50, 10)
         sub.pause()
         assert len(buffer) == 50  # in the buffer when pause() returns
-        publish(mosquitto.info.port, [f"{prefix}/a/telemetry"] * 5, 1, tag="late")
+        publish_numbered(mosquitto.info.port, [f"{prefix}/a/telemetry"] * 5, 1, tag="late")
         assert wait_for(lambda: sub.status.deferred == 5, 10)
         assert len(buffer) == 50
         sub.ack(buffer.drain(100))
@@ -143,7 +130,7 @@ def test_a_killed_network_process_is_replaced_and_nothing_is_lost(
     prefix, _opts, buffer, sub = started(mosquitto.info.port)
     try:
         assert sub.subscribed.wait(10)
-        publish(mosquitto.info.port, [f"{prefix}/a/telemetry"] * 300, 1)
+        publish_numbered(mosquitto.info.port, [f"{prefix}/a/telemetry"] * 300, 1)
         before = take(buffer, 300)
         old_pid, old_session = sub.pid, sub.session
         assert old_pid is not None

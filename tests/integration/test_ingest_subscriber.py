@@ -5,26 +5,14 @@ from __future__ import annotations
 import time
 import uuid
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from ingest.batch import RawBuffer
 from ingest.subscriber import MqttOptions, MqttSubscriber
 from lifeline.harness import ManagedService
+from tests.support import publish_numbered
 
 pytestmark = pytest.mark.integration
-
-
-def publish(port: int, topics: list[str], qos: int) -> None:
-    pub = mqtt.Client(CallbackAPIVersion.VERSION2)
-    pub.connect("127.0.0.1", port)
-    pub.loop_start()
-    infos = [pub.publish(t, f"m{i}".encode(), qos=qos) for i, t in enumerate(topics)]
-    for info in infos:
-        info.wait_for_publish(10)
-    pub.disconnect()
-    pub.loop_stop()
 
 
 def wait_len(buffers: list[RawBuffer], n: int, timeout: float = 10) -> None:
@@ -45,7 +33,7 @@ def test_shared_subscription_splits_the_load(mosquitto: ManagedService) -> None:
         assert sub.subscribed.wait(10)
     assert subs[0].topics == [f"$share/{group}/{prefix}/+/telemetry"]
     try:
-        publish(mosquitto.info.port, [f"{prefix}/d{i}/telemetry" for i in range(200)], 1)
+        publish_numbered(mosquitto.info.port, [f"{prefix}/d{i}/telemetry" for i in range(200)], 1)
         wait_len(buffers, 200)
         got = [b.drain(1000) for b in buffers]
         assert len(got[0]) + len(got[1]) == 200  # each message to exactly one member
@@ -68,15 +56,15 @@ def test_persistent_session_keeps_unacknowledged_messages(mosquitto: ManagedServ
     sub = MqttSubscriber(options, [f"{prefix}/+/telemetry"], buffer)
     sub.start()
     assert sub.subscribed.wait(10)
-    publish(mosquitto.info.port, [f"{prefix}/a/telemetry"] * 5, 1)
-    publish(mosquitto.info.port, [f"{prefix}/b/telemetry"] * 5, 2)
+    publish_numbered(mosquitto.info.port, [f"{prefix}/a/telemetry"] * 5, 1)
+    publish_numbered(mosquitto.info.port, [f"{prefix}/b/telemetry"] * 5, 2)
     wait_len([buffer], 10)
     first = buffer.drain(100)
     assert len(first) == 10 and {m.qos for m in first} == {1, 2}
     sub.ack(first[:4])  # only part is "stored"
     time.sleep(0.3)
     sub.stop()
-    publish(mosquitto.info.port, [f"{prefix}/c/telemetry"] * 3, 1)  # while away
+    publish_numbered(mosquitto.info.port, [f"{prefix}/c/telemetry"] * 3, 1)  # while away
     buffer2 = RawBuffer()
     again = MqttSubscriber(options, [f"{prefix}/+/telemetry"], buffer2)
     again.start()

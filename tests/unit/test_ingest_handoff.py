@@ -17,10 +17,10 @@ from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from ingest.batch import RawBuffer, RawMessage
+from ingest.gctuning import GC_THRESHOLDS, tune_gc_for_throughput
 from ingest.mqttsocket import BufferedSocket, FastClient
 from ingest.netproc import ChildStatus, _BatchSink, _service_logging, _setup_child_logging
 from lifeline.logs import REDACTED, JsonFormatter, RedactingFilter
-from lifeline.service import GC_THRESHOLDS, tune_gc_for_throughput
 from tests.support import remaining_length
 
 

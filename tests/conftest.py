@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,23 @@ def _postgres_available() -> str | None:
 
 
 _PG_UNAVAILABLE = _postgres_available()
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """Undo `setup_logging` of in-process CLI runs.
+
+    It replaces the root handlers with one bound to the test's captured stderr, which
+    pytest closes after the test; later log calls would print "Logging error".
+    """
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    for h in handlers:
+        root.addHandler(h)
+    root.setLevel(level)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -174,8 +174,10 @@ def test_killed_connection_fires_the_will_and_marks_only_that_device_offline(
     time.sleep(3.5)  # past the start-up hold-off
     victim = devices[1]
     victim.kill()
-    wait_for(lambda: link(service, victim.id) is LinkStatus.OFFLINE, 15, "the will")
+    # the tracker changes in memory just before the change row is written: wait for the row
+    wait_for(lambda: bool(offline_changes(service, victim.id)), 15, "the will")
     assert offline_changes(service, victim.id) == ["will"]
+    assert link(service, victim.id) is LinkStatus.OFFLINE
     time.sleep(1.0)
     for d in devices:
         if d is not victim:
@@ -203,8 +205,9 @@ def test_silence_without_a_will_marks_offline(running: tuple[Service, list[SimDe
              "every device online")
     quiet = devices[2]
     quiet._stop.set()  # connected (keep-alive answered) but sends nothing
-    wait_for(lambda: link(service, quiet.id) is LinkStatus.OFFLINE, 15, "silence")
+    wait_for(lambda: bool(offline_changes(service, quiet.id)), 15, "silence")
     assert offline_changes(service, quiet.id) == ["silence"]
+    assert link(service, quiet.id) is LinkStatus.OFFLINE
     assert all(link(service, d.id) is LinkStatus.ONLINE for d in devices if d is not quiet)
 
 

@@ -14,18 +14,6 @@ SECRET = "hook-secret-0123456789"
 PASSWORD = "broker-pass-98765"
 
 
-@pytest.fixture(autouse=True)
-def _restore_logging() -> object:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield None
-    for h in list(root.handlers):
-        root.removeHandler(h)
-    for h in handlers:
-        root.addHandler(h)
-    root.setLevel(level)
-
-
 def test_secret_values_are_collected_from_every_section() -> None:
     settings = load_settings(None, webhook={"url": "http://x/y", "secret": SECRET},
                              mqtt={"password": PASSWORD})

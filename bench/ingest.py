@@ -73,6 +73,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run the service with mqtt.buffered_reads = false (stock paho reads)")
     p.add_argument("--one-process", action="store_true",
                    help="run the service with mqtt.network_process = false (paho in-process)")
+    p.add_argument("--raw-buffer-max", type=int, default=None,
+                   help="the service's ingest.raw_buffer_max (default: the setting's; "
+                        "0: no limit)")
     p.add_argument("--keep", action="store_true", help="keep the run directory")
 
 
@@ -278,7 +281,7 @@ def _peak_rss_mb() -> float:
 def full_path(run: Path, mqtt_port: int, influx_url: str, inventory: Path, *, qos: int,
               devices: int, messages: int, array: int, publishers: int,
               live_rate: float = 0.0, buffered_reads: bool = True,
-              network_process: bool = True,
+              network_process: bool = True, raw_buffer_max: int | None = None,
               servers: dict[str, int] | None = None) -> dict[str, Any]:
     """The real service draining (or keeping up with) ``messages`` messages."""
     from lifeline.service import Service  # noqa: PLC0415 - heavy
@@ -292,7 +295,9 @@ def full_path(run: Path, mqtt_port: int, influx_url: str, inventory: Path, *, qo
         mqtt=MqttSettings(port=mqtt_port, client_id=f"bench-{db}", qos=qos,
                           buffered_reads=buffered_reads, network_process=network_process),
         influx=InfluxSettings(url=influx_url, database=db),
-        ingest=IngestSettings(metrics_interval="1h", spool_fsync=False),
+        ingest=IngestSettings(metrics_interval="1h", spool_fsync=False,
+                              raw_buffer_max=(IngestSettings().raw_buffer_max
+                                              if raw_buffer_max is None else raw_buffer_max)),
         devices=DevicesSettings(inventory=inventory),
         api=ApiSettings(enabled=False),
     )
@@ -385,7 +390,11 @@ def full_path(run: Path, mqtt_port: int, influx_url: str, inventory: Path, *, qo
         "messages_per_cpu_s": round(messages / (cpu + net_cpu)),
         # the other programs on the two cores in the same window (publishers excluded)
         "servers_cpu_s": servers_cpu,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": _peak_rss_mb(),  # of the bench process so far (all runs)
+        # most messages waiting for the decoder at once, and how often the network
+        # process stopped reading at ingest.raw_buffer_max
+        "raw_buffer_peak": service.buffer.peak,
+        "read_holds": service.subscriber.read_holds,
     }
     if latencies:
         lat = np.concatenate(latencies) / 1e6
@@ -431,6 +440,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         common = {"devices": args.devices, "publishers": args.publishers,
                   "buffered_reads": not args.stock_paho,
                   "network_process": not args.one_process,
+                  "raw_buffer_max": args.raw_buffer_max,
                   "servers": {"mosquitto": mosq.info.pid, "influxdb": influx.info.pid}}
         runs = {}
         for live in (False, True):
@@ -473,7 +483,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         return {"benchmark": "ingest", "cpus": os.cpu_count(), "load_avg": os.getloadavg(),
                 "service_buffered_reads": not args.stock_paho,
-                "service_network_process": not args.one_process, "ceilings": ceilings,
+                "service_network_process": not args.one_process,
+                "service_raw_buffer_max": (args.raw_buffer_max
+                                           if args.raw_buffer_max is not None
+                                           else IngestSettings().raw_buffer_max),
+                "ceilings": ceilings,
                 "runs": runs, "ratios": ratios, "targets_met": targets}
     finally:
         if mosq is not None:

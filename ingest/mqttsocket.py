@@ -28,6 +28,12 @@ paho's per-packet reads (:meth:`FastClient.take_publishes`); any other packet, a
 PUBLISH it would hand to paho, and a packet cut by the end of the buffer go through
 paho's ``_packet_read``. :meth:`FastClient.ack_batch` queues the PUBACKs of many
 QoS 1 messages as one write.
+
+Flow control: while the client's ``hold`` says the consumer is full, a connected
+client reads nothing; the bytes stay in the socket, TCP pushes back and the broker
+holds the messages (its queue limits apply). Writes (acknowledgements, PINGREQs) go
+on, so the broker sees a live client; the bytes waiting in the socket count as
+signs of life for paho's own keep-alive check (a PINGRESP waits behind them).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from __future__ import annotations
 import socket
 import ssl
 import struct
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -47,6 +54,7 @@ READ_SIZE = 65536
 MAX_PACKETS_PER_READ = 2000  # then paho writes (acks, pings) before reading on
 _PUBACK = struct.Struct("!BBH")  # PUBACK, remaining length 2, packet id (reason 0 omitted)
 RawPublishSink = Callable[[bytes, bytes, int, int], None]
+HOLD_SLEEP_S = 0.01  # a held client's wait per loop turn: select() returns at once
 
 
 class BufferedSocket:
@@ -133,15 +141,40 @@ class BufferedSocket:
 class BufferedClient(mqtt.Client):
     """A paho client whose connections read through a :class:`BufferedSocket`."""
 
+    hold: Callable[[], bool] | None = None  # True: the consumer is full, read nothing
+    holds = 0  # times reading was held
+    _holding = False
+
     def _create_socket(self) -> Any:
         sock = super()._create_socket()
         if isinstance(sock, (socket.socket, ssl.SSLSocket)):  # not websockets
             return BufferedSocket(sock)
         return sock
 
+    def held(self) -> bool:
+        """Whether to skip this read (flow control, see the module docstring); waits a
+        little when it does."""
+        hold = self.hold
+        if hold is None or not hold() or not self.is_connected():
+            self._holding = False
+            return False
+        if not self._holding:
+            self._holding = True
+            self.holds += 1
+        # We are only asked to read when bytes wait in the socket: the broker is there.
+        # paho would take the unread bytes for silence and close the connection after a
+        # keep-alive period; its PINGREQs still go out, their answers wait behind the data.
+        with self._msgtime_mutex:
+            self._last_bytes_received = mqtt.time_func()
+        self._ping_t = 0
+        time.sleep(HOLD_SLEEP_S)
+        return True
+
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
         """Read packets while the buffer holds bytes (paho reads one per ``select()``)."""
         sock = self._sock
+        if self.hold is not None and self.held():
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
         if not isinstance(sock, BufferedSocket):
             return super().loop_read(max_packets)
         for _ in range(MAX_PACKETS_PER_READ):
@@ -173,10 +206,13 @@ class FastClient(BufferedClient):
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
         """Whole PUBLISH packets from the buffer in bulk, the rest through paho."""
         sock = self._sock
+        if self.hold is not None and self.held():
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
         if (self.on_raw_publish is None or not isinstance(sock, BufferedSocket)
                 or self.on_log is not None or self._logger is not None):
             return super().loop_read(max_packets)
         handled = 0
+        hold = self.hold
         while handled < MAX_PACKETS_PER_READ:
             if self._sock is None:
                 return MQTTErrorCode.MQTT_ERR_NO_CONN
@@ -184,6 +220,8 @@ class FastClient(BufferedClient):
                 taken = self.take_publishes(sock)
                 if taken:
                     handled += taken
+                    if hold is not None and hold():  # full: at most one buffer over
+                        return MQTTErrorCode.MQTT_ERR_SUCCESS
                     continue
             rc = self._packet_read()
             handled += 1

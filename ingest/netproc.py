@@ -10,6 +10,13 @@ go back as ``(session, mid, qos)`` triples and are sent by the child on the
 connection the messages came on (MQTT allows no other); an ack for a connection
 that has gone since is refused there and the broker redelivers the message.
 
+Flow control: the child may have at most ``buffer.limit`` messages read but not yet
+taken by the service's decoder. After every drain the service sends how many of the
+child's messages the decoder has taken (``("consumed", generation, n)``); at the
+window the child's client stops reading the socket (see
+:class:`ingest.mqttsocket.BufferedClient`). A decoder that is held up (InfluxDB
+away, spool full) takes nothing, so the buffer stays bounded.
+
 The child ignores SIGINT/SIGTERM (a signal to the process group must not cut it
 off before the service has acknowledged what it stored): the service stops it,
 and it exits by itself when the service's end of the pipe closes. A child that
@@ -61,16 +68,24 @@ class ChildStatus:
     deferred: int = 0
     dropped_at_shutdown: int = 0
     received: int = 0
+    read_holds: int = 0
 
 
 class _BatchSink:
     """The child's buffer: the network thread appends plain tuples, the main thread takes
     the list whole."""
 
-    def __init__(self) -> None:
+    def __init__(self, window: int = 0) -> None:
         self.items: list[tuple[str, bytes, int, int, int, int]] = []
         self.received = 0
+        self.window = window  # 0: no limit
+        self.consumed = 0  # of ours, taken by the service's decoder
         self._lock = threading.Lock()
+
+    def full(self) -> bool:
+        """``window`` messages read and not yet taken by the decoder (the network thread
+        asks; a stale count only delays the answer by a turn)."""
+        return 0 < self.window <= self.received + len(self.items) - self.consumed
 
     def put(self, topic: str, payload: bytes, received_at_ns: int, mid: int, qos: int,
             session: int) -> None:
@@ -87,7 +102,7 @@ class _BatchSink:
 def _status(sub: MqttSubscriber, sink: _BatchSink) -> ChildStatus:
     return ChildStatus(sub.connected, sub.connects, sub.session, sub.subscribed.is_set(),
                        sub.acked, sub.stale_acks, sub.deferred, sub.dropped_at_shutdown,
-                       sink.received)
+                       sink.received, sub.read_holds)
 
 
 def child_main(data: Connection, control: Connection) -> None:
@@ -95,13 +110,13 @@ def child_main(data: Connection, control: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
-        options, topics, generation, logs, batch_messages, flush_s = control.recv()
+        options, topics, generation, logs, batch_messages, flush_s, window = control.recv()
     except (EOFError, OSError):
         return
     _setup_child_logging(*logs)
     tune_gc_for_throughput()  # many short-lived tuples, as in the service
     session_numbers(generation * SESSION_RANGE + 1)
-    sink = _BatchSink()
+    sink = _BatchSink(window)
     try:
         sub = MqttSubscriber(options, topics, sink)
         sub.start()
@@ -130,6 +145,9 @@ def child_main(data: Connection, control: Connection) -> None:
                     kind = command[0]
                     if kind == "ack":
                         sub.ack_ids(command[1])
+                    elif kind == "consumed":
+                        if command[1] == generation and command[2] > sink.consumed:
+                            sink.consumed = command[2]
                     elif kind == "pause":
                         sub.pause()
                         data.send_bytes(dumps(("paused", sink.take(), _status(sub, sink))))
@@ -204,6 +222,10 @@ class ProcessSubscriber:
         self._stopping = False
         self._reader: threading.Thread | None = None
         self._base = ChildStatus()  # counters of earlier network processes
+        self._received = (0, 0)  # (generation, messages from it): one tuple, read at once
+        self._credited = (0, 0)
+        if buffer.limit:
+            buffer.on_drain = self._credit
 
     # the MqttSubscriber attributes the service reads
     @property
@@ -232,6 +254,11 @@ class ProcessSubscriber:
         return self._base.stale_acks + self.status.stale_acks
 
     @property
+    def read_holds(self) -> int:
+        """Times the network process stopped reading: the buffer was full."""
+        return self._base.read_holds + self.status.read_holds
+
+    @property
     def pid(self) -> int | None:
         """Process id of the network process."""
         return self._process.pid if self._process is not None else None
@@ -248,6 +275,7 @@ class ProcessSubscriber:
         """A fresh interpreter (not fork: the service has threads; not multiprocessing's
         spawn: it would import the embedding program's ``__main__`` again)."""
         self._generation = next(_GENERATIONS)
+        self._received = (self._generation, 0)
         for old in (self._data, self._control):  # a dead process's pipes
             if old is not None:
                 old.close()
@@ -266,7 +294,7 @@ class ProcessSubscriber:
         self._data, self._control = Connection(data_r, writable=False), Connection(
             control_w, readable=False)
         self._control.send((self.options, self.topics, self._generation, _service_logging(),
-                            self.batch_messages, self.flush_s))
+                            self.batch_messages, self.flush_s, self.buffer.limit))
 
     def _receive_start(self) -> None:
         """Wait for the new process's first message: connected, or the reason it is not
@@ -313,6 +341,8 @@ class ProcessSubscriber:
                 continue
             if items:
                 self.buffer.extend(list(map(make, items)))
+                generation, received = self._received
+                self._received = (generation, received + len(items))  # after the extend
             self._apply(status)
             if kind == "paused":
                 self.buffer.wake()
@@ -326,7 +356,7 @@ class ProcessSubscriber:
         code = self._wait_child(5)
         log.error("MQTT network process exited (code %s); starting it again", code)
         self._base = ChildStatus(connects=self.connects, acked=self.acked,
-                                 stale_acks=self.stale_acks)
+                                 stale_acks=self.stale_acks, read_holds=self.read_holds)
         self.status = ChildStatus()
         self.subscribed.clear()
         self.restarts += 1
@@ -359,6 +389,15 @@ class ProcessSubscriber:
             except (OSError, ValueError):  # process gone: it is being restarted
                 return False
         return True
+
+    def _credit(self) -> None:
+        """After a drain (the decoder's thread): tell the network process how many of its
+        messages the decoder has taken."""
+        generation, received = self._received  # before the length: never over-counts
+        consumed = max(received - len(self.buffer), 0)
+        if (generation, consumed) != self._credited:
+            self._credited = (generation, consumed)
+            self._send(("consumed", generation, consumed))
 
     def ack(self, messages: Sequence[RawMessage]) -> None:
         """Acknowledge QoS 1/2 messages once they are safe (see :meth:`MqttSubscriber.ack`)."""

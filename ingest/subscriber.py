@@ -17,7 +17,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from ingest.errors import BrokerRejectedError, BrokerUnavailableError
-from ingest.mqttsocket import FastClient
+from ingest.mqttsocket import BufferedClient, FastClient
 from ingest.raw import RawMessage
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,9 @@ class MqttSubscriber:
         self.client.on_subscribe = self._on_subscribe
         if isinstance(self.client, FastClient):
             self.client.on_raw_publish = self._on_raw
+        full = getattr(buffer, "full", None)  # flow control: only the buffered client reads
+        if isinstance(self.client, BufferedClient) and full is not None:  # in its own loop
+            self.client.hold = full
         self.subscribed = threading.Event()  # set once the broker granted the subscriptions
         self._connack = threading.Event()  # set on the first CONNACK (accepted or refused)
         self._refused: Any = None  # reason code of a refusal that retrying cannot cure
@@ -212,6 +215,11 @@ class MqttSubscriber:
         if puback and bulk is not None:
             bulk(puback)
             self.acked += len(puback)
+
+    @property
+    def read_holds(self) -> int:
+        """Times reading stopped because the buffer was full."""
+        return self.client.holds if isinstance(self.client, BufferedClient) else 0
 
     def pause(self) -> None:
         """Stop taking messages: QoS 1/2 stay unacknowledged and the broker redelivers

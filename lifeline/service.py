@@ -144,7 +144,7 @@ class Service:
                                      now_ns=self.clock.now_ns())
         self.alerts.use_device_state(TrackerStateView(self.devices.tracker))  # inhibition
         self.device_info = DeviceInfoFeed(self.registry.__iter__, self.writer.submit)
-        self.buffer = RawBuffer(wake_at=ing.batch_messages)
+        self.buffer = RawBuffer(wake_at=ing.batch_messages, limit=ing.raw_buffer_max)
         subscriber_class = ProcessSubscriber if settings.mqtt.network_process else MqttSubscriber
         self.subscriber: MqttSubscriber | ProcessSubscriber = subscriber_class(
             mqtt_options(settings),
@@ -181,6 +181,8 @@ class Service:
     def _ingest_gauges(self) -> dict[str, float]:
         return {
             "raw_buffer": float(len(self.buffer)),
+            "raw_buffer_peak": float(self.buffer.peak),
+            "read_holds": float(self.subscriber.read_holds),
             "writer_queue": float(self.writer.pending()),
             "spool_chunks": float(len(self.spool)),
             "spool_bytes": float(self.spool.bytes),

@@ -133,6 +133,9 @@ class IngestSettings(_Section):
     # added on average; a batch costs ~1 ms of fixed CPU, `lifeline bench latency`)
     flush_interval: float = Field(default=0.02, gt=0, le=10)
     dedup_window: int = Field(default=200_000, ge=0, le=50_000_000)
+    # messages received but not yet decoded; at the limit the subscriber stops reading
+    # the socket and the broker holds the rest (0: no limit)
+    raw_buffer_max: int = Field(default=100_000, ge=0, le=50_000_000)
     spool_dir: Path | None = None
     spool_max_bytes: int = Field(default=1 << 30, ge=1 << 20, le=1 << 40)
     spool_fsync: bool = True
@@ -151,6 +154,15 @@ class IngestSettings(_Section):
         if parse_duration_ns(v) < 1_000_000_000:
             raise ValueError("must be at least 1s")
         return v
+
+    @model_validator(mode="after")
+    def _raw_buffer(self) -> IngestSettings:
+        if 0 < self.raw_buffer_max < 2 * self.batch_messages:
+            raise ValueError(
+                f"raw_buffer_max ({self.raw_buffer_max}) must be 0 (no limit) or at least "
+                f"twice batch_messages ({2 * self.batch_messages}): the decoder waits for "
+                "whole batches")
+        return self
 
 
 class DevicesSettings(_Section):

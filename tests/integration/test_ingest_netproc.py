@@ -13,6 +13,7 @@ import pytest
 
 from ingest.batch import RawBuffer, RawMessage
 from ingest.errors import BrokerRejectedError, BrokerUnavailableError
+from ingest.mqttsocket import READ_SIZE
 from ingest.netproc import SESSION_RANGE, ProcessSubscriber
 from ingest.subscriber import MqttOptions, MqttSubscriber
 from lifeline.harness import ManagedService, free_port
@@ -196,3 +197,37 @@ def test_start_errors_are_those_of_the_subscriber(tmp_path: object) -> None:
         ProcessSubscriber(MqttOptions(port=free_port(), tls=True,
                                       tls_ca_file="/nonexistent/ca.pem"), ["x"],
                           RawBuffer()).start()
+
+
+def test_a_full_buffer_holds_the_network_process_past_keepalive(
+        mosquitto: ManagedService) -> None:
+    """Flow control across the pipe: the network process reads at most ``limit`` messages
+    the decoder has not taken; a hold longer than the keep-alive keeps the connection."""
+    prefix = f"w{uuid.uuid4().hex[:6]}"
+    buffer = RawBuffer(limit=1000)
+    sub = ProcessSubscriber(options(mosquitto.info.port, prefix, keepalive_s=5),
+                            [f"{prefix}/+/telemetry"], buffer)
+    sub.start()
+    # the window, plus what one read turn may take past it (one 64 KiB read of ~30-byte
+    # packets), plus what crossed the pipe before the count came back
+    bound = 1000 + READ_SIZE // 28 + 2000
+    try:
+        assert sub.subscribed.wait(10)
+        total = 20_000
+        publish_numbered(mosquitto.info.port, [f"{prefix}/d/telemetry"] * total, 1)
+        assert wait_for(lambda: len(buffer) >= 1000, 20)
+        time.sleep(12)  # nothing taken: held for more than two keep-alive periods
+        assert 1000 <= len(buffer) <= bound and sub.read_holds >= 1
+        assert sub.connected and sub.connects == 1  # no keep-alive timeout
+        got: list[RawMessage] = []
+        deadline = time.monotonic() + 60
+        while len(got) < total and time.monotonic() < deadline:
+            time.sleep(0.02)
+            batch = buffer.drain(1500)
+            sub.ack(batch)
+            got.extend(batch)
+        assert [m.payload for m in got] == [f"m{i}".encode() for i in range(total)]
+        assert buffer.peak <= bound
+        assert wait_for(lambda: sub.acked == total, 10) and sub.connects == 1
+    finally:
+        sub.stop()

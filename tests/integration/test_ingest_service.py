@@ -21,6 +21,7 @@ from pydantic import SecretStr
 from devices.model import Device
 from devices.registry import write_inventory
 from ingest.deadletter import DeadLetterStore
+from ingest.mqttsocket import READ_SIZE
 from ingest.netproc import SESSION_RANGE, ProcessSubscriber
 from lifeline.app import create_app
 from lifeline.auth import token_digest
@@ -240,6 +241,36 @@ def test_full_spool_holds_acknowledgements_and_loses_nothing(
         assert wait_for(lambda: service.subscriber.acked >= total, 30)
         assert service.writer.stats.blocked_s > 0
     assert count_values(url, "lifeline", ["gas_alarm"]) == total
+
+
+def test_a_backlog_larger_than_the_raw_buffer_comes_in_windows(
+    tmp_path: Path, mosquitto: ManagedService, influxdb: ManagedService
+) -> None:
+    """The broker queued more for the persistent session than ``raw_buffer_max``: the
+    network process (faster than the decoder) stops reading at the window each time and
+    the broker holds the rest; everything is stored once."""
+    db = f"bw{uuid.uuid4().hex[:8]}"
+    settings = make_settings(tmp_path, mosquitto.info.port, influxdb.info.url, db,
+                             raw_buffer_max=10_000)
+    with Running(settings):
+        pass  # the persistent session exists now
+    total = 60_000
+    pub = Publisher(mosquitto.info.port, total, rate=100_000)
+    pub.run()  # while the service is away
+    with Running(settings) as service:
+        def stored() -> int:
+            return count_values(influxdb.info.url, db, ["gas_alarm"])
+
+        assert wait_for(lambda: stored() >= total, 60)
+        time.sleep(0.5)
+        assert stored() == total
+        assert service.subscriber.read_holds >= 1
+        # the window, one read turn past it (64 KiB of ~80-byte packets) and what was
+        # crossing the pipe before the decoder's count came back
+        assert service.buffer.peak <= 10_000 + READ_SIZE // 80 + 2 * 2000
+        metrics = generate_latest(REGISTRY).decode()
+        assert "lifeline_ingest_read_holds" in metrics
+        assert "lifeline_ingest_raw_buffer_peak" in metrics
 
 
 def test_dead_letters_listed_shown_and_replayed_through_the_api(

@@ -8,6 +8,7 @@ import uuid
 import pytest
 
 from ingest.batch import RawBuffer
+from ingest.mqttsocket import READ_SIZE
 from ingest.subscriber import MqttOptions, MqttSubscriber
 from lifeline.harness import ManagedService
 from tests.support import publish_numbered
@@ -85,3 +86,37 @@ def test_persistent_session_keeps_unacknowledged_messages(mosquitto: ManagedServ
         assert again.acked == len(redelivered)
     finally:
         again.stop()
+
+
+def drain_slowly(buffer: RawBuffer, n: int, step: int, timeout: float = 30) -> list[bytes]:
+    """Take ``step`` messages at a time, as a slow decoder would, until ``n`` arrived."""
+    got: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < n and time.monotonic() < deadline:
+        time.sleep(0.02)
+        got.extend(m.payload for m in buffer.drain(step))
+    return got
+
+
+def test_a_full_buffer_stops_reading_and_loses_nothing(mosquitto: ManagedService) -> None:
+    """Flow control in one process: at the buffer's limit the network thread leaves the
+    messages in the socket; the broker holds them until the decoder catches up."""
+    prefix = f"h{uuid.uuid4().hex[:6]}"
+    buffer = RawBuffer(limit=500)
+    sub = MqttSubscriber(MqttOptions(port=mosquitto.info.port, client_id=f"{prefix}-c",
+                                     qos=0, clean_start=True), [f"{prefix}/#"], buffer)
+    sub.start()
+    # a read turn stops at the limit after the packets of one 64 KiB read (~28 bytes each)
+    bound = 500 + READ_SIZE // 28
+    try:
+        assert sub.subscribed.wait(10)
+        total = 20_000
+        publish_numbered(mosquitto.info.port, [f"{prefix}/d/telemetry"] * total, 0)
+        wait_len([buffer], 500)
+        time.sleep(1.0)
+        assert 500 <= len(buffer) <= bound and sub.read_holds >= 1
+        got = drain_slowly(buffer, total, 1000)
+        assert got == [f"m{i}".encode() for i in range(total)]  # all, once, in order
+        assert buffer.peak <= bound and sub.connected and sub.connects == 1
+    finally:
+        sub.stop()

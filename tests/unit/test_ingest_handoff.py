@@ -141,7 +141,7 @@ def test_raw_buffer_put_extend_and_wake() -> None:
 
 
 def test_child_status_crosses_the_pipe() -> None:
-    status = ChildStatus(True, 2, 1_000_001, True, 5, 1, 2, 3, 99)
+    status = ChildStatus(True, 2, 1_000_001, True, 5, 1, 2, 3, 99, 4)
     assert pickle.loads(pickle.dumps(status)) == status
 
 
@@ -189,3 +189,39 @@ def test_gc_tuning_of_the_service_process() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def test_raw_buffer_limit_full_peak_and_drain_callback() -> None:
+    buffer = RawBuffer(wake_at=2, limit=4)
+    drains: list[int] = []
+    buffer.on_drain = lambda: drains.append(len(buffer))
+    buffer.extend([RawMessage("t", b"x", 0)] * 3)
+    assert not buffer.full()
+    buffer.put("t", b"y", 0, 0, 0, 0)
+    assert buffer.full() and buffer.peak == 4
+    buffer.extend([RawMessage("t", b"z", 0)] * 2)  # the network side may overshoot a turn
+    assert buffer.full() and buffer.peak == 6
+    assert len(buffer.drain(3)) == 3 and not buffer.full()
+    assert buffer.drain(10)[-1].payload == b"z" and drains == [3, 0]
+    assert buffer.peak == 6  # the peak stays
+    unlimited = RawBuffer(limit=0)
+    unlimited.extend([RawMessage("t", b"x", 0)] * 1000)
+    assert not unlimited.full()
+
+
+def test_batch_sink_is_full_at_its_window_of_unconsumed_messages() -> None:
+    sink = _BatchSink(window=5)
+    for i in range(4):
+        sink.put("t", b"x", i, 0, 0, 1)
+    assert not sink.full()
+    sink.put("t", b"x", 4, 0, 0, 1)
+    assert sink.full()
+    assert len(sink.take()) == 5 and sink.full()  # sent, but not yet taken by the decoder
+    sink.consumed = 3
+    assert not sink.full()
+    sink.put("t", b"x", 5, 0, 0, 1)
+    sink.put("t", b"x", 6, 0, 0, 1)
+    assert not sink.full()  # 7 read, 3 consumed
+    sink.put("t", b"x", 7, 0, 0, 1)
+    assert sink.full()
+    assert not _BatchSink().full()  # window 0: no limit

@@ -51,6 +51,8 @@ def test_example_config_is_valid() -> None:
         ("[influx]\nurl = \"ftp://x\"\n", "influx.url"),
         ("[influx]\nbatch_lines = 0\n", "influx.batch_lines"),
         ("[ingest]\nmax_future = \"soon\"\n", "ingest.max_future"),
+        ("[ingest]\nraw_buffer_max = -1\n", "ingest.raw_buffer_max"),
+        ("[ingest]\nbatch_messages = 5000\nraw_buffer_max = 9999\n", "raw_buffer_max"),
         ("[webhook]\nurl = \"http://x\"\nsecret = \"short\"\n", "webhook"),
         ("[database]\nurl = \"mysql://x\"\n", "database.url"),
         ("[mqtt]\nbogus = 1\n", "mqtt.bogus"),
@@ -61,6 +63,14 @@ def test_invalid_values_name_the_key(tmp_path: Path, text: str, key: str) -> Non
     with pytest.raises(ConfigError) as info:
         load_settings(write(tmp_path, text))
     assert key in str(info.value)
+
+
+def test_raw_buffer_limit_bounds() -> None:
+    assert load_settings(None, ingest={"raw_buffer_max": 0}).ingest.raw_buffer_max == 0
+    s = load_settings(None, ingest={"batch_messages": 500, "raw_buffer_max": 1000})
+    assert s.ingest.raw_buffer_max == 1000  # exactly twice a batch
+    with pytest.raises(ConfigError, match="twice batch_messages"):
+        load_settings(None, ingest={"batch_messages": 500, "raw_buffer_max": 999})
 
 
 def test_syntax_error_and_missing_file(tmp_path: Path) -> None:

@@ -95,7 +95,7 @@ class _BatchSink:
     def take(self) -> list[tuple[str, bytes, int, int, int, int]]:
         with self._lock:
             items, self.items = self.items, []
-        self.received += len(items)
+            self.received += len(items)  # with the swap: full() never misses a batch
         return items
 
 

@@ -281,7 +281,7 @@ def _peak_rss_mb() -> float:
 def full_path(run: Path, mqtt_port: int, influx_url: str, inventory: Path, *, qos: int,
               devices: int, messages: int, array: int, publishers: int,
               live_rate: float = 0.0, buffered_reads: bool = True,
-              network_process: bool = True, raw_buffer_max: int | None = None,
+              network_process: bool = True, raw_buffer_max: int = 100_000,
               servers: dict[str, int] | None = None) -> dict[str, Any]:
     """The real service draining (or keeping up with) ``messages`` messages."""
     from lifeline.service import Service  # noqa: PLC0415 - heavy
@@ -296,8 +296,7 @@ def full_path(run: Path, mqtt_port: int, influx_url: str, inventory: Path, *, qo
                           buffered_reads=buffered_reads, network_process=network_process),
         influx=InfluxSettings(url=influx_url, database=db),
         ingest=IngestSettings(metrics_interval="1h", spool_fsync=False,
-                              raw_buffer_max=(IngestSettings().raw_buffer_max
-                                              if raw_buffer_max is None else raw_buffer_max)),
+                              raw_buffer_max=raw_buffer_max),
         devices=DevicesSettings(inventory=inventory),
         api=ApiSettings(enabled=False),
     )
@@ -440,7 +439,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         common = {"devices": args.devices, "publishers": args.publishers,
                   "buffered_reads": not args.stock_paho,
                   "network_process": not args.one_process,
-                  "raw_buffer_max": args.raw_buffer_max,
+                  "raw_buffer_max": (IngestSettings().raw_buffer_max
+                                     if args.raw_buffer_max is None else args.raw_buffer_max),
                   "servers": {"mosquitto": mosq.info.pid, "influxdb": influx.info.pid}}
         runs = {}
         for live in (False, True):
@@ -484,9 +484,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return {"benchmark": "ingest", "cpus": os.cpu_count(), "load_avg": os.getloadavg(),
                 "service_buffered_reads": not args.stock_paho,
                 "service_network_process": not args.one_process,
-                "service_raw_buffer_max": (args.raw_buffer_max
-                                           if args.raw_buffer_max is not None
-                                           else IngestSettings().raw_buffer_max),
+                "service_raw_buffer_max": common["raw_buffer_max"],
                 "ceilings": ceilings,
                 "runs": runs, "ratios": ratios, "targets_met": targets}
     finally:

@@ -171,10 +171,14 @@ class BufferedClient(mqtt.Client):
         return True
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
-        """Read packets while the buffer holds bytes (paho reads one per ``select()``)."""
-        sock = self._sock
+        """Read packets unless held (see :meth:`held`)."""
         if self.hold is not None and self.held():
             return MQTTErrorCode.MQTT_ERR_SUCCESS
+        return self._read_packets(max_packets)
+
+    def _read_packets(self, max_packets: int) -> MQTTErrorCode:
+        """Read packets while the buffer holds bytes (paho reads one per ``select()``)."""
+        sock = self._sock
         if not isinstance(sock, BufferedSocket):
             return super().loop_read(max_packets)
         for _ in range(MAX_PACKETS_PER_READ):
@@ -203,14 +207,12 @@ class FastClient(BufferedClient):
 
     on_raw_publish: RawPublishSink | None = None
 
-    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+    def _read_packets(self, max_packets: int) -> MQTTErrorCode:
         """Whole PUBLISH packets from the buffer in bulk, the rest through paho."""
         sock = self._sock
-        if self.hold is not None and self.held():
-            return MQTTErrorCode.MQTT_ERR_SUCCESS
         if (self.on_raw_publish is None or not isinstance(sock, BufferedSocket)
                 or self.on_log is not None or self._logger is not None):
-            return super().loop_read(max_packets)
+            return super()._read_packets(max_packets)
         handled = 0
         hold = self.hold
         while handled < MAX_PACKETS_PER_READ:

@@ -26,7 +26,7 @@ import numpy as np
 from devices.model import Device
 from devices.series import SeriesTable
 from rules.engine import RuleEngine
-from rules.loader import KINDS
+from rules.kinds import KINDS
 from rules.model import Rule
 from rules.reference import ReferenceEngine
 
@@ -68,15 +68,14 @@ class _Cols:
 def make_rules(name: str) -> list[Rule]:
     """The rule(s) measured for ``name``."""
     if name == "composite":
-        a = KINDS["threshold"].model_validate({"id": "a", "metric": "m", "above": 3.0})
-        b = KINDS["rate"].model_validate({"id": "b", "kind": "rate", "metric": "m",
-                                          "max_rise": 5.0})
-        c = KINDS["composite"].model_validate({"id": "c", "kind": "composite",
-                                               "all": ["a", "b"], "scope": "grid"})
+        a = KINDS["threshold"].parse({"id": "a", "metric": "m", "above": 3.0})
+        b = KINDS["rate"].parse({"id": "b", "kind": "rate", "metric": "m", "max_rise": 5.0})
+        c = KINDS["composite"].parse({"id": "c", "kind": "composite", "all": ["a", "b"],
+                                      "scope": "grid"})
         return [a, b, c]
     params = dict(RULES[name])
     kind = params.pop("kind", name)
-    return [KINDS[kind].model_validate({"id": name, "kind": kind, "metric": "m", **params})]
+    return [KINDS[kind].parse({"id": name, "kind": kind, "metric": "m", **params})]
 
 
 def make_table(n: int) -> SeriesTable:

@@ -35,6 +35,7 @@ from ingest.decode import DecodeLimits, Decoder, DecodeResult
 from lifeline.db import open_database
 from rules.device_events import event_findings, status_findings
 from rules.engine import RuleEngine
+from rules.kinds import kind_of
 from rules.loader import load_rules
 from rules.model import Finding, FindingState, Rule
 from simulators.errors import ScenarioError
@@ -45,7 +46,6 @@ from simulators.stream import CityRun
 log = logging.getLogger(__name__)
 
 HEALTH_METRICS = frozenset({"battery", "rssi", "link"})
-HEALTH_KINDS = frozenset({"stale", "flatline"})
 CHECK_EVERY_NS = 60 * 10**9  # the device status tracker's silence check (one per step)
 PROCESS_EVENTS = frozenset({"event:alarm"})
 
@@ -76,8 +76,8 @@ def is_process_finding(finding: Finding, rules: dict[str, Rule]) -> bool:
     if finding.rule_id.startswith(("event:", "status:")):
         return finding.rule_id in PROCESS_EVENTS
     rule = rules.get(finding.rule_id)
-    kind = str(getattr(rule, "kind", ""))
-    return finding.metric not in HEALTH_METRICS and kind not in HEALTH_KINDS
+    health = rule is not None and kind_of(rule).health
+    return finding.metric not in HEALTH_METRICS and not health
 
 
 def evaluate_offline(scenario: Scenario, setup: EvaluationSetup,

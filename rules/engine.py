@@ -5,16 +5,18 @@ order, whatever order they arrived in. A reading older than the last evaluated
 reading of its series from an earlier batch is *late*: per-series rule state moves
 forward in time only, so a late reading never changes it (it can neither rewind
 ``for``/EWMA/baseline state nor produce a transition dated before one already
-sent). ``threshold`` and ``zscore`` rules without ``for`` judge it against its own
-time without writing their state (:func:`rules.kernels.late_onsets`): an
-exceedance the live evaluation missed becomes a *late* finding (``Finding.late``),
-an episode that is already over. Late readings and duplicates (a time already
-seen) are counted (``RuleEngine.late``).
+sent). Kinds that judge late readings (``threshold`` and ``zscore`` rules without
+``for``) judge it against its own time without writing their state
+(:func:`rules.kernels.late_onsets`): an exceedance the live evaluation missed
+becomes a *late* finding (``Finding.late``), an episode that is already over. Late
+readings and duplicates (a time already seen) are counted (``RuleEngine.late``).
+
+Every kind is reached through its :class:`~rules.kinds.base.RuleKind` in
+:data:`rules.kinds.KINDS`: the engine knows no kind by name.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import logging
 import threading
@@ -29,22 +31,10 @@ import numpy.typing as npt
 from devices.model import Device
 from devices.series import SeriesTable
 from rules import kernels as k
-from rules.composite import CompositeTracker
 from rules.errors import RulesError
-from rules.model import (
-    CompositeRule,
-    Finding,
-    FindingState,
-    FlatlineRule,
-    MnfRule,
-    RateRule,
-    Readings,
-    Rule,
-    StaleRule,
-    ThresholdRule,
-    ZscoreRule,
-    rule_fingerprint,
-)
+from rules.kinds import kind_of
+from rules.kinds.base import Arr, Env, FindingTracker, RuleKind
+from rules.model import Finding, FindingState, Readings, Rule, rule_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -90,44 +80,24 @@ def in_order_rows(series: I64, ts: I64, last_ts: I64) -> I64:
     return split_rows(series, ts, last_ts)[0]
 
 
-def state_fields(rule: Rule) -> dict[str, tuple[Any, Any, int]]:
-    """The per-series arrays a rule of this kind keeps."""
-    if isinstance(rule, ThresholdRule):
-        return k.THRESHOLD_FIELDS
-    if isinstance(rule, RateRule):
-        return k.rate_fields(rule)
-    if isinstance(rule, FlatlineRule):
-        return k.FLATLINE_FIELDS
-    if isinstance(rule, ZscoreRule):
-        return k.zscore_fields(rule)
-    if isinstance(rule, StaleRule):
-        return k.STALE_FIELDS
-    if isinstance(rule, MnfRule):
-        return k.mnf_fields(rule)
-    return {}
-
-
 @dataclass
 class _Slot:
-    """One loaded rule with its state and per-series applicability / limits."""
+    """One loaded rule with its kind, state and per-series applicability / parameters."""
 
     rule: Rule
+    kind: RuleKind[Any]
     fingerprint: str
     state: k.SeriesState
+    env: Env
     applies: B = field(default_factory=lambda: np.zeros(0, dtype=np.bool_))
-    limit: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
-    clear: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
-    tracker: CompositeTracker | None = None
+    params: dict[str, Arr] = field(default_factory=dict)  # the env's, filled by _sync
+    params_size: int = 0  # series the params cover
+    tracker: FindingTracker | None = None
 
-
-def device_limits(rule: ThresholdRule, device: Device, metric: str) -> tuple[float, float]:
-    """(limit, clear) of ``rule`` for one device: its own limit wins, band width kept."""
-    _, limit, clear = k.threshold_limits(rule)
-    if rule.limit is not None:
-        own = device.limits.get(metric, {}).get(rule.limit)
-        if own is not None:
-            return float(own), float(own) + (clear - limit)
-    return limit, clear
+    def forget_params(self) -> None:
+        """Per-series parameters are worked out again (devices may have changed)."""
+        self.params.clear()
+        self.params_size = 0
 
 
 class RuleEngine:
@@ -158,22 +128,26 @@ class RuleEngine:
     def _install(self, rules: Sequence[Rule], old: dict[str, _Slot]) -> tuple[int, int]:
         ids = {r.id for r in rules}
         for rule in rules:
-            if isinstance(rule, CompositeRule):
-                for c in rule.components:
-                    if c not in ids or c == rule.id:
-                        raise RulesError(f"rule {rule.id!r}: field 'all'/'any': unknown rule {c!r}")
+            field_name, refs = kind_of(rule).references(rule)
+            for c in refs:
+                if c not in ids or c == rule.id:
+                    raise RulesError(f"rule {rule.id!r}: field {field_name!r}: "
+                                     f"unknown rule {c!r}")
         slots, kept = [], 0
         for rule in rules:
             fp = rule_fingerprint(rule)
             slot = old.pop(fp, None)
             if slot is not None:
                 kept += 1
-                slot.limit = np.zeros(0)  # device limits are recomputed
+                slot.forget_params()  # device limits are recomputed
                 slot.applies = np.zeros(0, dtype=np.bool_)
             else:
-                slot = _Slot(rule, fp, k.SeriesState(state_fields(rule)))
-                if isinstance(rule, CompositeRule):
-                    slot.tracker = CompositeTracker(rule)
+                kind = kind_of(rule)
+                state = k.SeriesState(kind.state_fields(rule))
+                params: dict[str, Arr] = {}
+                slot = _Slot(rule, kind, fp, state, Env(state, params, self.timezone,
+                                                        self.series), params=params)
+                slot.tracker = kind.tracker(rule)
             slots.append(slot)
         self._slots = slots
         self._forget_matches()
@@ -193,7 +167,7 @@ class RuleEngine:
         with self._lock:
             for slot in self._slots:
                 slot.applies = np.zeros(0, dtype=np.bool_)
-                slot.limit = np.zeros(0)
+                slot.forget_params()
             self._forget_matches()
 
     def _series_kinds(self, total: int) -> I64:
@@ -235,24 +209,17 @@ class RuleEngine:
                 key = (index, dtype, metric)
                 hit = self._match.get(key)
                 if hit is None:
-                    hit = ((not rule.device_types or dtype in rule.device_types)
-                           and fnmatch.fnmatchcase(metric, rule.metric))
+                    hit = slot.kind.applies(rule, dtype, metric)
                     self._match[key] = hit
                 table[kind] = hit
             slot.applies = np.concatenate([slot.applies, table[need]])
-        if isinstance(slot.rule, ThresholdRule) and slot.limit.shape[0] < total:
-            start = slot.limit.shape[0]
-            _, limit, clear = k.threshold_limits(slot.rule)
-            limits = np.full(total - start, limit, dtype=np.float64)
-            clears = np.full(total - start, clear, dtype=np.float64)
-            if slot.rule.limit is not None:  # devices with limits of their own
-                devices, metrics = self.series.devices, self.series.metrics
-                for i, sid in enumerate(range(start, total)):
-                    if devices[sid].limits:
-                        limits[i], clears[i] = device_limits(slot.rule, devices[sid],
-                                                             metrics[sid])
-            slot.limit = np.concatenate([slot.limit, limits])
-            slot.clear = np.concatenate([slot.clear, clears])
+        if slot.params_size < total:
+            new = slot.kind.series_params(slot.rule, self.series.devices, self.series.metrics,
+                                          slot.params_size, total)
+            for name, arr in new.items():
+                have_arr = slot.params.get(name)
+                slot.params[name] = arr if have_arr is None else np.concatenate([have_arr, arr])
+            slot.params_size = total
         slot.state.grow(total)
         return slot
 
@@ -275,19 +242,18 @@ class RuleEngine:
             all_numbers = bool(number.all())
             parts: list[tuple[int, I64, k.Transitions, bool]] = []
             for index in range(len(self._slots)):
-                rule = self._slots[index].rule
-                if isinstance(rule, CompositeRule):
-                    continue
+                if self._slots[index].tracker is not None:
+                    continue  # combines findings, reads no readings
                 slot = self._sync(index)
-                if late_rows.shape[0] and isinstance(rule, ThresholdRule | ZscoreRule) \
-                        and not rule.for_ns:
+                rule, kind = slot.rule, slot.kind
+                if late_rows.shape[0] and kind.judges_late(rule):
                     late = self._late(index, slot, batch, late_rows)
                     if late is not None:
                         parts.append(late)
                 if not s.shape[0]:
                     continue
                 mask = slot.applies[s]
-                if not isinstance(rule, ThresholdRule | StaleRule) and not all_numbers:
+                if not kind.reads_nan and not all_numbers:
                     mask &= number
                 if mask.all():
                     ms, mt, mv = s, t, v
@@ -296,28 +262,24 @@ class RuleEngine:
                 else:
                     continue
                 with np.errstate(all="ignore"):  # huge z or rates are findings, not errors
-                    tr = self._kernel(slot, ms, mt, mv)
+                    tr = kind.kernel(rule, slot.env, ms, mt, mv)
                 if tr.rows.shape[0]:
                     parts.append((index, ms[tr.rows], tr, False))
             return self._findings(parts)
 
     def _late(self, index: int, slot: _Slot, batch: Readings, late_rows: I64
               ) -> tuple[int, I64, k.Transitions, bool] | None:
-        """Late findings of one threshold/zscore rule (its state is only read)."""
+        """Late findings of one rule whose kind judges them (its state is only read)."""
         ls = batch.series[late_rows]
         mask = slot.applies[ls]
-        if isinstance(slot.rule, ZscoreRule):
+        if not slot.kind.reads_nan:
             mask &= ~np.isnan(batch.value[late_rows])
         if not mask.any():
             return None
         rows = late_rows[mask]
         s, t, v = batch.series[rows], batch.ts_ns[rows], batch.value[rows]
         with np.errstate(all="ignore"):
-            if isinstance(slot.rule, ThresholdRule):
-                tr = k.threshold_late(slot.rule, slot.state, s, t, v, slot.limit, slot.clear)
-            else:
-                assert isinstance(slot.rule, ZscoreRule)
-                tr = k.zscore_late(slot.rule, slot.state, s, t, v)
+            tr = slot.kind.late(slot.rule, slot.env, s, t, v)
         if not tr.rows.shape[0]:
             return None
         return index, s[tr.rows], tr, True
@@ -328,22 +290,6 @@ class RuleEngine:
             grow = max(total, 2 * have) - have
             self.last_ts = np.concatenate(
                 [self.last_ts, np.full(grow, np.iinfo(np.int64).min, np.int64)])
-
-    def _kernel(self, slot: _Slot, s: I64, t: I64, v: npt.NDArray[np.float64]
-                ) -> k.Transitions:
-        rule, st = slot.rule, slot.state
-        if isinstance(rule, ThresholdRule):
-            return k.threshold_kernel(rule, st, s, t, v, slot.limit, slot.clear)
-        if isinstance(rule, RateRule):
-            return k.rate_kernel(rule, st, s, t, v)
-        if isinstance(rule, FlatlineRule):
-            return k.flatline_kernel(rule, st, s, t, v)
-        if isinstance(rule, ZscoreRule):
-            return k.zscore_kernel(rule, st, s, t, v)
-        if isinstance(rule, StaleRule):
-            return k.stale_kernel(rule, st, s, t, v)
-        assert isinstance(rule, MnfRule)
-        return k.mnf_kernel(rule, st, s, t, v, self.timezone)
 
     def _devices_changed(self) -> None:
         """Series whose device the registry replaced get their applicability and limits
@@ -360,15 +306,17 @@ class RuleEngine:
             for sid in changed:
                 dev, metric = devs[sid], self.series.metrics[sid]
                 if sid < slot.applies.shape[0]:
-                    slot.applies[sid] = ((not rule.device_types or dev.type in rule.device_types)
-                                         and fnmatch.fnmatchcase(metric, rule.metric))
-                if isinstance(rule, ThresholdRule) and sid < slot.limit.shape[0]:
-                    slot.limit[sid], slot.clear[sid] = device_limits(rule, dev, metric)
+                    slot.applies[sid] = slot.kind.applies(rule, dev.type, metric)
+                if sid < slot.params_size and slot.params:
+                    one = slot.kind.series_params(rule, devs, self.series.metrics, sid, sid + 1)
+                    for name, arr in one.items():
+                        slot.params[name][sid] = arr[0]
         log.info("device changes: rule applicability and limits refreshed for %d series",
                  len(changed))
 
     def tick(self, now_ns: int) -> list[Finding]:
-        """Time-driven evaluation: ``stale`` rules fire for series silent since ``after``.
+        """Time-driven evaluation of the kinds that tick (``stale``: series silent since
+        ``after`` fire).
 
         Also picks up devices the registry replaced (new limits, type, grid).
         """
@@ -376,9 +324,9 @@ class RuleEngine:
             self._devices_changed()
             parts: list[tuple[int, I64, k.Transitions, bool]] = []
             for index, slot in enumerate(self._slots):
-                if isinstance(slot.rule, StaleRule):
+                if slot.kind.ticks:
                     self._sync(index)
-                    tr = k.stale_tick(slot.rule, slot.state, slot.applies, now_ns)
+                    tr = slot.kind.tick(slot.rule, slot.env, slot.applies, now_ns)
                     if tr.rows.shape[0]:
                         parts.append((index, tr.rows, tr, False))
             return self._findings(parts)
@@ -444,8 +392,9 @@ class RuleEngine:
         """Load state written by :meth:`save_state` for rules that are unchanged.
 
         ``lookup`` finds devices by id (the registry); series of unknown devices are
-        dropped. With ``now_ns`` (a service start), ``stale`` rules measure silence
-        from then: the service's own downtime is not the devices' fault. Returns the
+        dropped. With ``now_ns`` (a service start), kinds adjust their restored state
+        (:meth:`~rules.kinds.base.RuleKind.restored`; ``stale`` rules measure silence
+        from then): the service's own downtime is not the devices' fault. Returns the
         number of series restored.
         """
         try:
@@ -481,10 +430,8 @@ class RuleEngine:
                         arr[dst] = saved[src]
                 if slot.tracker is not None and "composite" in entry:
                     slot.tracker.load(entry["composite"])
-                if isinstance(slot.rule, StaleRule) and now_ns is not None:
-                    seen = slot.state["seen"][dst]
-                    last_t = slot.state["last_t"]
-                    last_t[dst[seen]] = np.maximum(last_t[dst[seen]], now_ns)
+                if now_ns is not None:
+                    slot.kind.restored(slot.rule, slot.state, dst, now_ns)
         log.info("rule state restored from %s: %d series", path, len(new_ids))
         return len(new_ids)
 
@@ -530,9 +477,7 @@ class RuleEngine:
                 if slot.tracker is None:
                     self._sync(index)
                 firing = (int(slot.state["firing"].sum()) if "firing" in slot.state.arrays
-                          else sum(sc.firing is not None
-                                   for sc in (slot.tracker.scopes.values()
-                                              if slot.tracker else [])))
+                          else slot.tracker.firing_count() if slot.tracker else 0)
                 out.append({"rule": slot.rule, "series": int(slot.applies.sum()),
                             "firing": firing})
             return out

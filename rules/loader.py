@@ -11,26 +11,9 @@ from pydantic import ValidationError
 
 from devices import safetoml
 from rules.errors import RuleFileError
-from rules.model import (
-    CompositeRule,
-    FlatlineRule,
-    MnfRule,
-    RateRule,
-    Rule,
-    StaleRule,
-    ThresholdRule,
-    ZscoreRule,
-)
+from rules.kinds import KINDS, kind_of
+from rules.model import Rule
 
-KINDS: dict[str, type[Rule]] = {
-    "threshold": ThresholdRule,
-    "rate": RateRule,
-    "zscore": ZscoreRule,
-    "flatline": FlatlineRule,
-    "stale": StaleRule,
-    "mnf": MnfRule,
-    "composite": CompositeRule,
-}
 MAX_RULE_FILE_BYTES = 1_000_000
 
 
@@ -51,16 +34,15 @@ def load_rules(paths: Iterable[Path]) -> list[Rule]:
                 seen[rule.id] = file
                 rules.append(rule)
     for rule in rules:
-        if isinstance(rule, CompositeRule):
-            for component in rule.components:
-                target = next((r for r in rules if r.id == component), None)
-                field = "all" if rule.all else "any"
-                if target is None or target.id == rule.id:
-                    raise RuleFileError(f"{seen[rule.id]}: rule {rule.id!r}: field {field!r}: "
-                                        f"unknown rule {component!r}")
-                if isinstance(target, CompositeRule):
-                    raise RuleFileError(f"{seen[rule.id]}: rule {rule.id!r}: field {field!r}: "
-                                        f"{component!r} is itself a composite")
+        field, components = kind_of(rule).references(rule)
+        for component in components:
+            target = next((r for r in rules if r.id == component), None)
+            if target is None or target.id == rule.id:
+                raise RuleFileError(f"{seen[rule.id]}: rule {rule.id!r}: field {field!r}: "
+                                    f"unknown rule {component!r}")
+            if kind_of(target).references(target)[1]:
+                raise RuleFileError(f"{seen[rule.id]}: rule {rule.id!r}: field {field!r}: "
+                                    f"{component!r} is itself a composite")
     return rules
 
 
@@ -98,11 +80,12 @@ def _parse_rule(entry: Any, index: int, source: str) -> Rule:
     rule_id = entry.get("id")
     where = f"{source}: " + (f"rule {rule_id!r}" if isinstance(rule_id, str) else f"rule #{index}")
     kind = entry.get("kind", "threshold")
-    model = KINDS.get(kind) if isinstance(kind, str) else None
-    if model is None:
+    rule_kind = KINDS.get(kind) if isinstance(kind, str) else None
+    if rule_kind is None:
         raise RuleFileError(f"{where}: field 'kind': unknown kind {kind!r}")
     try:
-        return model.model_validate(entry)
+        rule: Rule = rule_kind.parse(entry)
+        return rule
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = [str(p) for p in first["loc"]]

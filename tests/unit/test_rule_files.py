@@ -8,8 +8,9 @@ import pytest
 
 from lifeline.settings import builtin_rules_dir
 from rules.errors import RuleFileError
+from rules.kinds import ThresholdRule
 from rules.loader import load_rules, parse_rules
-from rules.model import Severity, ThresholdRule, parse_duration_ns
+from rules.model import Severity, parse_duration_ns
 
 
 def test_builtin_rules_load_with_gb_t_50493_levels() -> None:

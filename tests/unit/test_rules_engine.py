@@ -15,18 +15,9 @@ from devices.series import SeriesTable
 from lifeline.settings import builtin_rules_dir
 from rules.engine import RuleEngine
 from rules.errors import RulesError
+from rules.kinds import CompositeRule, MnfRule, RateRule, StaleRule, ThresholdRule, ZscoreRule
 from rules.loader import load_rules, parse_rules
-from rules.model import (
-    CompositeRule,
-    Finding,
-    FindingState,
-    MnfRule,
-    RateRule,
-    Severity,
-    StaleRule,
-    ThresholdRule,
-    ZscoreRule,
-)
+from rules.model import Finding, FindingState, Severity
 
 SEC = 1_000_000_000
 T0 = 1_767_225_600 * SEC  # 2026-01-01 00:00 UTC

@@ -17,17 +17,16 @@ from hypothesis import strategies as st
 from devices.model import Device
 from devices.series import SeriesTable
 from rules.engine import RuleEngine
-from rules.model import (
+from rules.kinds import (
     CompositeRule,
-    Finding,
     FlatlineRule,
     MnfRule,
     RateRule,
-    Rule,
     StaleRule,
     ThresholdRule,
     ZscoreRule,
 )
+from rules.model import Finding, Rule
 from rules.reference import ReferenceEngine
 
 SEC = 1_000_000_000

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from devices.model import Device
 from devices.series import SeriesTable
 from rules.engine import RuleEngine, in_order_rows
-from rules.model import FindingState, ThresholdRule
+from rules.kinds import ThresholdRule
+from rules.model import FindingState
 from rules.reference import ReferenceEngine, threshold_reference
 
 SEC = 1_000_000_000

@@ -1,17 +1,53 @@
-"""Composite rules: other rules' transitions combined per device or per grid.
+"""``composite``: other rules' transitions combined per device or per grid.
 
-Works on findings (rare), not readings, so a plain loop over them is fine.
-Findings are fed in the engine's order: per batch, by time.
+A different layer from the other kinds: it reads findings (rare), not readings, so
+it has no kernel and no per-series state but a :class:`CompositeTracker` (a plain
+loop over findings is fine). Findings are fed in the engine's order: per batch, by
+time.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
 
 from devices.model import Device
-from rules.model import CompositeRule, Finding, FindingState
+from rules.kinds.base import FindingTracker, RuleKind
+from rules.model import DurationNs, Finding, FindingState, RuleBase
+
+
+class CompositeRule(RuleBase):
+    """Combine other rules' findings on the same device or the same grid.
+
+    ``all``: every listed rule fired within ``within`` of each other. ``any``: at least
+    ``min_count`` firings of the listed rules within ``within``. Resolves when none of
+    the listed rules is firing any more in that scope.
+    """
+
+    kind: Literal["composite"]
+    all: tuple[str, ...] = ()
+    any: tuple[str, ...] = ()
+    scope: Literal["device", "grid"] = "device"
+    within_ns: DurationNs = Field(default=600_000_000_000, alias="within", gt=0)
+    min_count: int = Field(default=1, ge=1, le=10_000)
+
+    @model_validator(mode="after")
+    def _check(self) -> CompositeRule:
+        if bool(self.all) == bool(self.any):
+            raise ValueError("a composite rule needs exactly one of 'all' or 'any' (non-empty)")
+        if self.for_ns or self.keep_firing_for_ns:
+            raise ValueError("'for' and 'keep_firing_for' do not apply to composite rules")
+        if self.all and self.min_count != 1:
+            raise ValueError("'min_count' applies only to 'any'")
+        return self
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        """The rule ids this composite combines."""
+        return self.all or self.any
 
 
 @dataclass
@@ -70,6 +106,10 @@ class CompositeTracker:
             return out
         return None
 
+    def firing_count(self) -> int:
+        """How many scopes (devices or grids) are firing."""
+        return sum(sc.firing is not None for sc in self.scopes.values())
+
     def dump(self) -> dict[str, Any]:
         """JSON-able state (for saving across restarts)."""
         return {
@@ -94,3 +134,21 @@ class CompositeTracker:
                 sc.firing = Finding(self.rule.id, str(dev), str(metric), FindingState.FIRING,
                                     self.rule.severity, int(ts), float(value))
             self.scopes[str(key)] = sc
+
+
+class CompositeKind(RuleKind[CompositeRule]):
+    """``composite``: combines findings of the rules it names."""
+
+    name = "composite"
+    model = CompositeRule
+
+    def references(self, rule: CompositeRule) -> tuple[str, tuple[str, ...]]:
+        """(``"all"`` or ``"any"``, the rule ids)."""
+        return ("all" if rule.all else "any"), rule.components
+
+    def tracker(self, rule: CompositeRule) -> FindingTracker:
+        """A fresh :class:`CompositeTracker`."""
+        return CompositeTracker(rule)
+
+
+KIND = CompositeKind()

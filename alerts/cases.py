@@ -16,7 +16,15 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from alerts.lines import case_line
-from alerts.model import OPEN_CASE_STATES, Alert, AlertState, Case, CaseConfig, CaseState
+from alerts.model import (
+    OPEN_CASE_STATES,
+    SERVICE_RULE_PREFIX,
+    Alert,
+    AlertState,
+    Case,
+    CaseConfig,
+    CaseState,
+)
 from alerts.schema import alerts, cases
 from alerts.store import add_history, case_from_row, enqueue, get_case
 from alerts.workflow import Action, next_state
@@ -63,7 +71,8 @@ class CaseBook:
         """The case ``alert`` belongs to: its own open case, an open case of its group that
         had an alert within the group window or still has one firing, or a new one.
         None below the case severity."""
-        if alert.severity.rank < self.config.min_severity.rank:
+        if (alert.severity.rank < self.config.min_severity.rank
+                or alert.rule_id.startswith(SERVICE_RULE_PREFIX)):
             return None
         if alert.case_id is not None:
             case = get_case(conn, alert.case_id)
@@ -100,12 +109,13 @@ class CaseBook:
             overdue=False, escalated="", rework_count=0, return_count=0,
         ).returning(cases.c.id)).scalar_one()
         conn.execute(alerts.update().where(alerts.c.id == alert.id).values(case_id=case_id))
-        add_history(conn, case_id, now_ns, SYSTEM, "report", "", CaseState.REPORTED.value,
-                    f"alert {alert.fingerprint} ({alert.severity.value})")
+        point = add_history(conn, case_id, now_ns, SYSTEM, "report", "",
+                            CaseState.REPORTED.value,
+                            f"alert {alert.fingerprint} ({alert.severity.value})")
         case = get_case(conn, case_id)
         log.info("case %d reported from alert %s (severity=%s grid=%s)",
                  case_id, alert.fingerprint, alert.severity.value, alert.grid)
-        self._notify(conn, case, "case.reported", "report", now_ns)
+        self._notify(conn, case, "case.reported", "report", now_ns, point)
         if alert.severity.rank >= self.config.auto_register.rank:
             case = self.apply(conn, case_id, Action.REGISTER, SYSTEM, now_ns,
                               note="automatic: severity at or above the auto-register level")
@@ -120,15 +130,16 @@ class CaseBook:
             values["severity"] = alert.severity.value
         conn.execute(cases.update().where(cases.c.id == case.id).values(**values))
         what = "re-fired" if rejoin else "joined"
-        add_history(conn, case.id, now_ns, SYSTEM, "alert", case.state.value, case.state.value,
-                    f"alert {alert.fingerprint} {what} ({alert.severity.value})")
+        point = add_history(conn, case.id, now_ns, SYSTEM, "alert", case.state.value,
+                            case.state.value,
+                            f"alert {alert.fingerprint} {what} ({alert.severity.value})")
         case = get_case(conn, case.id)
         if raised and case.state is CaseState.REPORTED and (
                 case.severity.rank >= self.config.auto_register.rank):
             case = self.apply(conn, case.id, Action.REGISTER, SYSTEM, now_ns,
                               note="automatic: severity raised to the auto-register level")
         elif raised:
-            self._notify(conn, case, "case.updated", "severity", now_ns)
+            self._notify(conn, case, "case.updated", "severity", now_ns, point)
         return case
 
     # -- workflow ----------------------------------------------------------------------
@@ -173,14 +184,14 @@ class CaseBook:
         elif action is Action.CANCEL:
             v["cancelled_ns"] = now_ns
         conn.execute(cases.update().where(cases.c.id == case_id).values(**v))
-        add_history(conn, case_id, now_ns, actor, action.value, case.state.value, target.value,
-                    note)
+        point = add_history(conn, case_id, now_ns, actor, action.value, case.state.value,
+                            target.value, note)
         updated = get_case(conn, case_id)
         log.info("case %d %s: %s -> %s by %s", case_id, action.value, case.state.value,
                  target.value, actor)
         if action is not Action.COMMENT:
             self._notify(conn, updated, _EVENT_FOR_STATE.get(target, "case.updated"),
-                         action.value, now_ns)
+                         action.value, now_ns, point)
         # automatic follow-ups
         if target in (CaseState.REGISTERED, CaseState.REWORK) or (
                 target is CaseState.RETURNED and self.config.redispatch_on_return):
@@ -197,10 +208,12 @@ class CaseBook:
         return str(unit or "")
 
     def _notify(self, conn: Connection, case: Case, event: str, action: str,
-                now_ns: int) -> None:
+                now_ns: int, point_ns: int) -> None:
+        """Queue the webhook event and write the ``lifeline_case`` point (at ``point_ns``,
+        the history line's point time: see :func:`alerts.store.add_history`)."""
         enqueue(conn, event, {"case": case.doc(), "alert": None, "action": action}, now_ns,
                 case_id=case.id)
-        self._line(case_line(case, action, now_ns))
+        self._line(case_line(case, action, point_ns))
 
     # -- clocks ----------------------------------------------------------------------------
     def tick(self, conn: Connection, now_ns: int) -> None:
@@ -219,15 +232,15 @@ class CaseBook:
         escalated = ",".join(s for s in [*case.escalated.split(","), stage] if s)
         conn.execute(cases.update().where(cases.c.id == case.id).values(
             overdue=True, escalated=escalated, updated_ns=now_ns))
-        add_history(conn, case.id, now_ns, SYSTEM, "escalate", case.state.value,
-                    case.state.value, f"超期: {stage} deadline missed")
+        point = add_history(conn, case.id, now_ns, SYSTEM, "escalate", case.state.value,
+                            case.state.value, f"超期: {stage} deadline missed")
         log.warning("case %d overdue at stage %s (state=%s unit=%s): escalating",
                     case.id, stage, case.state.value, case.unit)
         updated = get_case(conn, case.id)
         enqueue(conn, "case.escalated",
                 {"case": updated.doc(), "alert": None, "action": "escalate", "stage": stage},
                 now_ns, case_id=case.id)
-        self._line(case_line(updated, "escalate", now_ns))
+        self._line(case_line(updated, "escalate", point))
 
     def _auto_verify(self, conn: Connection, case: Case, now_ns: int) -> None:
         handled = case.handled_ns or now_ns

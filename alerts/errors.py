@@ -37,3 +37,7 @@ class IllegalTransitionError(AlertsError):
 
 class ConflictError(AlertsError):
     """A request conflicts with stored data (e.g. an idempotency key reused for another body)."""
+
+
+class ReplayError(ConflictError):
+    """A signed request (the same signature) was received before: it is not applied again."""

@@ -1,4 +1,4 @@
-"""InfluxDB line protocol for alert transitions, case state changes and KPIs (DESIGN.md)."""
+"""InfluxDB line protocol for alert transitions, case state changes and KPIs (docs/design.md)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,26 @@ def _tag(key: str, value: str) -> str:
     return f",{key}={escape_tag(value)}" if value else ""
 
 
-def alert_line(a: Alert, at_ns: int) -> str:
-    """``lifeline_alert``: one line per alert transition."""
-    tags = (f"lifeline_alert,device={escape_tag(a.device_id)},rule={escape_tag(a.rule_id)},"
+def _alert_tags(a: Alert) -> str:
+    return (f"lifeline_alert,device={escape_tag(a.device_id)},rule={escape_tag(a.rule_id)},"
             f"severity={a.severity.value}" + _tag("grid", a.grid) + _tag("type", a.device_type)
             + _tag("unit", a.unit))
+
+
+def alert_line(a: Alert, at_ns: int) -> str:
+    """``lifeline_alert``: one line per alert transition."""
+    tags = _alert_tags(a)
     fields = (f"state={escape_string_field(a.state.value)},"
               f"firing={1 if a.state.value == 'firing' else 0}i,value={float(a.value)!r},"
+              f"alert_id={a.id}i,flapping={1 if a.flapping else 0}i")
+    return f"{tags} {fields} {at_ns}"
+
+
+def superseded_line(a: Alert, at_ns: int) -> str:
+    """``lifeline_alert``: closes the series of an alert's old severity when the severity
+    changes (severity is a tag), so the old series' last point is not firing."""
+    tags = _alert_tags(a)
+    fields = (f'state="superseded",firing=0i,value={float(a.value)!r},'
               f"alert_id={a.id}i,flapping={1 if a.flapping else 0}i")
     return f"{tags} {fields} {at_ns}"
 

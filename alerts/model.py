@@ -18,7 +18,7 @@ class AlertState(StrEnum):
 
 
 class CaseState(StrEnum):
-    """Case states of DESIGN.md (数字城管 workflow)."""
+    """Case states of docs/design.md (数字城管 workflow)."""
 
     REPORTED = "reported"        # 上报
     REGISTERED = "registered"    # 立案
@@ -33,6 +33,9 @@ class CaseState(StrEnum):
 
 
 OPEN_CASE_STATES = frozenset(CaseState) - {CaseState.CLOSED, CaseState.CANCELLED}
+# Alerts the service raises about itself (rule ids ``service:<what>``): they are stored,
+# shown and notified like any alert, but never open a case: no field unit can handle them.
+SERVICE_RULE_PREFIX = "service:"
 
 
 class DeliveryStatus(StrEnum):

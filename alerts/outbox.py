@@ -3,12 +3,22 @@
 Events are rows of ``webhook_outbox`` written in the same transaction as the change they
 announce. The worker sends due rows with the notifier contract of :mod:`alerts.webhook`
 (signed, with a delivery id that never changes), retries timeouts, connection errors,
-5xx, 408 and 429 with exponential backoff and jitter, and dead-letters a row on a
-permanent failure (other 4xx), after ``max_attempts`` or past ``max_age``. A row that was
-in flight when the service died is still ``pending`` and is sent again after a restart:
-at least once, always with the same delivery id. When the primary endpoint has been
-failing for ``fallback_after``, deliveries go to the fallback endpoint (the primary is
-probed now and then and takes over again when it answers).
+5xx, 408 and 429 with capped exponential backoff and jitter, and dead-letters a row on a
+permanent failure (other 4xx) or past ``max_age`` (and after ``max_attempts``, when that
+is set: 0, the default, retries until ``max_age``). A row that was in flight when the
+service died is still ``pending`` and is sent again after a restart: at least once,
+always with the same delivery id. When the primary endpoint has been failing for
+``fallback_after``, deliveries go to the fallback endpoint (the primary is probed now
+and then and takes over again when it answers). When the primary answers again after failures,
+every row backing off is due at once (but those it answered 429), so an outage does not
+leave the first events after it waiting out a long backoff.
+
+Order: the rows of one ``order_key`` (a case; an alert event without a case by its alert,
+see :func:`alerts.schema.order_key`) are delivered one after the other in id order, on
+whichever endpoint: a row is not started while an earlier row of its key is pending (in
+flight, due or backing off). A dead row no longer holds its key up; a resent row takes its
+old place again. Rows of different keys go concurrently (``concurrency`` per endpoint).
+The rule is read from the database on every pass, so it holds across restarts.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import sqlalchemy as sa
+from prometheus_client import Histogram
 from sqlalchemy.engine import Engine
 
 from alerts.errors import DeliveryError, NotFoundError, StoreError
@@ -32,12 +43,16 @@ from alerts.webhook import Notifier, WebhookEvent
 
 log = logging.getLogger(__name__)
 
+# seconds from an event entering the outbox to its delivery (retries included)
+DELIVERY_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+                            900.0, 3600.0, float("inf"))
+
 
 @dataclass(frozen=True, slots=True)
 class DeliveryConfig:
     """Retry rules of the delivery worker."""
 
-    max_attempts: int = 10
+    max_attempts: int = 0  # 0: no limit, retry until max_age
     max_age_ns: int = 24 * 3600 * 10**9
     base_delay_s: float = 0.5
     max_delay_s: float = 300.0
@@ -57,9 +72,32 @@ class OutboxStats:
 
 
 def backoff_s(attempt: int, config: DeliveryConfig, rng: random.Random) -> float:
-    """Exponential delay after ``attempt`` failures, with jitter in [50 %, 100 %]."""
-    delay = min(config.max_delay_s, config.base_delay_s * 2 ** (attempt - 1))
+    """Exponential delay after ``attempt`` failures, capped at ``max_delay_s``, with
+    jitter in [50 %, 100 %]."""
+    delay = min(config.max_delay_s, config.base_delay_s * 2.0 ** min(attempt - 1, 64))
     return float(delay * (0.5 + rng.random() / 2))
+
+
+def give_up_after_s(config: DeliveryConfig) -> tuple[float, float] | None:
+    """Shortest and longest time from a first failure to the last of ``max_attempts``
+    attempts (None without a limit)."""
+    if config.max_attempts <= 0:
+        return None
+    full = sum(min(config.max_delay_s, config.base_delay_s * 2.0 ** min(a - 1, 64))
+               for a in range(1, config.max_attempts))
+    return full / 2, full
+
+
+def ready_condition(now_ns: int) -> sa.ColumnElement[bool]:
+    """Rows that may be started at ``now_ns``: pending, due, and no earlier row of the same
+    order key pending (an empty key has no order)."""
+    earlier = outbox.alias("earlier")
+    blocked = sa.exists().where(earlier.c.order_key == outbox.c.order_key,
+                                earlier.c.status == DeliveryStatus.PENDING.value,
+                                earlier.c.id < outbox.c.id)
+    return sa.and_(outbox.c.status == DeliveryStatus.PENDING.value,
+                   outbox.c.next_attempt_ns <= now_ns,
+                   sa.or_(outbox.c.order_key == "", ~blocked))
 
 
 class _Endpoint:
@@ -84,6 +122,10 @@ class OutboxWorker:
                           if fallback is not None else None)
         self.clock = clock
         self.stats = OutboxStats()
+        # not registered anywhere: lifeline.metrics.RuntimeCollector exposes it
+        self.latency = Histogram("lifeline_webhook_delivery_latency_seconds",
+                                 "time from an event entering the outbox to its delivery",
+                                 buckets=DELIVERY_LATENCY_BUCKETS, registry=None)
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._in_flight: set[int] = set()
@@ -92,6 +134,13 @@ class OutboxWorker:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="webhook-outbox", daemon=True)
+        window = give_up_after_s(self.config)
+        if window is not None and window[0] * 1e9 < self.config.max_age_ns:
+            log.warning("webhook.max_attempts = %d dead-letters a delivery after %.0f-%.0f s "
+                        "of failures, before webhook.max_age (%.0f s): an outage longer "
+                        "than that loses events; 0 retries until max_age",
+                        self.config.max_attempts, window[0], window[1],
+                        self.config.max_age_ns / 1e9)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -105,7 +154,7 @@ class OutboxWorker:
     def stop(self, timeout: float = 10.0) -> None:
         """Try to send what is due within ``timeout``, then stop; unsent rows stay pending."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.pending_due() and self._thread.is_alive():
+        while time.monotonic() < deadline and self.ready() and self._thread.is_alive():
             self.wake()
             time.sleep(0.05)
         self._stop.set()
@@ -117,11 +166,18 @@ class OutboxWorker:
                 ep.pool.shutdown(wait=True, cancel_futures=True)
 
     def pending_due(self) -> int:
-        """Pending rows due now (or in flight)."""
+        """Pending rows due now (or in flight), including those waiting for an earlier row
+        of their order key."""
         with self.engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(outbox).where(
                 outbox.c.status == DeliveryStatus.PENDING.value,
                 outbox.c.next_attempt_ns <= self.clock())).scalar_one())
+
+    def ready(self) -> int:
+        """Rows that can be sent now (or are in flight): due and first of their key."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(outbox).where(
+                ready_condition(self.clock()))).scalar_one())
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -146,9 +202,8 @@ class OutboxWorker:
             skip = list(self._in_flight)
         try:
             with self.engine.connect() as conn:
-                query = (sa.select(outbox).where(
-                    outbox.c.status == DeliveryStatus.PENDING.value,
-                    outbox.c.next_attempt_ns <= now).order_by(outbox.c.id).limit(free))
+                query = (sa.select(outbox).where(ready_condition(now))
+                         .order_by(outbox.c.id).limit(free))
                 if skip:
                     query = query.where(outbox.c.id.not_in(skip))
                 rows = [delivery_from_row(r) for r in conn.execute(query)]
@@ -211,7 +266,7 @@ class OutboxWorker:
             dead_reason = ""
             if not exc.retryable:
                 dead_reason = "permanent failure"
-            elif attempt >= self.config.max_attempts:
+            elif 0 < self.config.max_attempts <= attempt:
                 dead_reason = f"{attempt} attempts"
             elif now - d.created_ns >= self.config.max_age_ns:
                 dead_reason = "too old"
@@ -232,14 +287,35 @@ class OutboxWorker:
         now = self.clock()
         if endpoint is self._primary:
             with self._lock:
+                recovered = self._failing_since is not None
                 self._failing_since = None
+            if recovered:
+                self._retry_now(now)
         else:
             self.stats.via_fallback += 1
         self.stats.delivered += 1
+        self.latency.observe(max(0.0, (now - d.created_ns) / 1e9))
         self._update(d.id, {"status": DeliveryStatus.DELIVERED.value, "attempts": attempt,
                             "delivered_ns": now, "delivered_via": endpoint.name})
         log.debug("webhook %s %s delivered via %s (attempt %d)", d.event, d.delivery_id,
                   endpoint.name, attempt)
+
+    def _retry_now(self, now: int) -> None:
+        """The primary answers again: rows backing off after the outage are due now, so the
+        first events after an hour-long outage do not wait out a 5-minute backoff. Rows the
+        endpoint rate-limited (429) keep their backoff."""
+        try:
+            with self.engine.begin() as conn:
+                n = conn.execute(outbox.update().where(
+                    outbox.c.status == DeliveryStatus.PENDING.value,
+                    outbox.c.next_attempt_ns > now,
+                    sa.or_(outbox.c.last_status.is_(None), outbox.c.last_status != 429),
+                ).values(next_attempt_ns=now)).rowcount
+        except sa.exc.SQLAlchemyError as exc:
+            raise StoreError(f"cannot reschedule the webhook outbox: {exc}") from exc
+        if n:
+            log.info("webhook endpoint answers again: %d waiting deliveries retried now", n)
+            self._wake.set()
 
     def _update(self, row_id: int, values: dict[str, object]) -> None:
         try:
@@ -269,7 +345,10 @@ def list_deliveries(engine: Engine, *, status: DeliveryStatus | None = None,
 
 
 def resend(engine: Engine, row_id: int, now_ns: int) -> Delivery:
-    """Queue a (dead or delivered) row again with the same delivery id; restarts its age."""
+    """Queue a (dead or delivered) row again with the same delivery id; restarts its age.
+
+    The row keeps its place in its order key: later rows of the key not started yet wait
+    for it (those delivered already stay delivered)."""
     with engine.begin() as conn:
         found = conn.execute(outbox.update().where(outbox.c.id == row_id).values(
             status=DeliveryStatus.PENDING.value, attempts=0, next_attempt_ns=now_ns,

@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from alerts.cases import CaseBook
 from alerts.errors import StoreError
-from alerts.lines import alert_line
+from alerts.lines import alert_line, superseded_line
 from alerts.model import Alert, AlertConfig, AlertState, CaseConfig
 from alerts.noise import DeviceStateView, NoDeviceState, NoiseContext, Stage, default_stages
 from alerts.schema import alerts
@@ -90,6 +90,10 @@ class AlertPipeline:
         row = conn.execute(sa.select(alerts).where(alerts.c.fingerprint == fp)).first()
         current = alert_from_row(row) if row is not None else None
         at = f.ts_ns
+        # the transition's point time in lifeline_alert (kept as changed_ns): strictly after
+        # the alert's previous one, so its last point is its state even when two transitions
+        # share an instant or a reading older than a tick's promotion resolves the alert
+        point = at if current is None else max(at, current.changed_ns + 1)
         v: dict[str, Any] = {"value": f.value, "metric": f.metric}
         if f.state is FindingState.FIRING:
             if current is None or (current.state is AlertState.RESOLVED
@@ -103,7 +107,7 @@ class AlertPipeline:
                     state=state.value, severity=f.severity.value,
                     device_type=dev.type if dev else "", grid=dev.grid if dev else "",
                     district=dev.district if dev else "", unit=dev.unit if dev else "",
-                    first_seen_ns=at, changed_ns=at,
+                    first_seen_ns=at, changed_ns=point,
                     fired_ns=at if state is AlertState.FIRING else None, resolved_ns=None,
                     flapping=bool(current and current.flapping),
                     changes=",".join(map(str, changes)), suppressed="", notified_state="",
@@ -118,7 +122,7 @@ class AlertPipeline:
                          state.value, f.device_id, f.rule_id, f.severity.value, f.value)
             elif current.state is AlertState.RESOLVED:  # re-fired within the reopen window
                 changes = _changes(current.changes, at, cfg.flap_window_ns)
-                v.update(state=AlertState.FIRING.value, changed_ns=at, fired_ns=at,
+                v.update(state=AlertState.FIRING.value, changed_ns=point, fired_ns=at,
                          resolved_ns=None, severity=f.severity.value,
                          changes=",".join(map(str, changes)),
                          flapping=current.flapping or len(changes) > cfg.flap_threshold,
@@ -128,8 +132,9 @@ class AlertPipeline:
                 log.info("alert reopened device=%s rule=%s changes=%d flapping=%s",
                          f.device_id, f.rule_id, len(changes), v["flapping"])
             elif current.severity is not f.severity:
-                v.update(severity=f.severity.value, changed_ns=at)
+                v.update(severity=f.severity.value, changed_ns=point)
                 conn.execute(alerts.update().where(alerts.c.id == current.id).values(**v))
+                self._pending_lines.append(superseded_line(current, point))
                 log.info("alert severity %s -> %s device=%s rule=%s", current.severity.value,
                          f.severity.value, f.device_id, f.rule_id)
             else:
@@ -138,7 +143,7 @@ class AlertPipeline:
             if current is None or current.state is AlertState.RESOLVED:
                 return None
             changes = _changes(current.changes, at, cfg.flap_window_ns)
-            v.update(state=AlertState.RESOLVED.value, changed_ns=at, resolved_ns=at,
+            v.update(state=AlertState.RESOLVED.value, changed_ns=point, resolved_ns=at,
                      changes=",".join(map(str, changes)),
                      flapping=current.flapping or len(changes) > cfg.flap_threshold)
             conn.execute(alerts.update().where(alerts.c.id == current.id).values(**v))
@@ -147,7 +152,7 @@ class AlertPipeline:
                      f.value)
         alert = alert_from_row(conn.execute(
             sa.select(alerts).where(alerts.c.fingerprint == fp)).one())
-        self._pending_lines.append(alert_line(alert, at))
+        self._pending_lines.append(alert_line(alert, point))
         return alert
 
     def _apply_late(self, conn: Connection, f: Finding) -> Alert | None:

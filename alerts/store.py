@@ -21,7 +21,7 @@ from alerts.model import (
     Silence,
     SilenceKind,
 )
-from alerts.schema import alerts, case_history, cases, outbox, silences
+from alerts.schema import alerts, case_history, cases, order_key, outbox, silences
 from rules.model import Severity
 
 
@@ -101,22 +101,40 @@ def case_history_of(conn: Connection, case_id: int) -> list[HistoryEntry]:
 
 
 def add_history(conn: Connection, case_id: int, at_ns: int, actor: str, action: str,
-                from_state: str, to_state: str, note: str = "") -> None:
-    """Append one audit line."""
+                from_state: str, to_state: str, note: str = "") -> int:
+    """Append one audit line; returns its point time for ``lifeline_case``, kept with it.
+
+    That is the line's time, or one nanosecond after the case's previous point when that
+    is not earlier, moved on to the next nanosecond no other line holds: strictly
+    increasing per case, so "the last row of a case" is its current state even when
+    several changes share one instant (register and dispatch, verify and close), and never
+    the point of another case, so two cases changing at one instant with the same tags do
+    not overwrite each other in InfluxDB. A re-write of the line uses the stored time."""
+    previous = conn.execute(sa.select(sa.func.max(case_history.c.point_ns))
+                            .where(case_history.c.case_id == case_id)).scalar()
+    point = at_ns if previous is None else max(at_ns, int(previous) + 1)
+    taken = set(conn.execute(sa.select(case_history.c.point_ns).where(
+        case_history.c.point_ns >= point, case_history.c.point_ns < point + 1000)).scalars())
+    while point in taken:  # another case's line at this instant
+        point += 1
     conn.execute(case_history.insert().values(
         case_id=case_id, at_ns=at_ns, actor=actor[:100], action=action, from_state=from_state,
-        to_state=to_state, note=note[:2000]))
+        to_state=to_state, note=note[:2000], point_ns=point))
+    return point
 
 
 def enqueue(conn: Connection, event: str, payload: dict[str, Any], now_ns: int,
             case_id: int | None = None) -> str:
-    """Put an event in the outbox, inside the caller's transaction; returns the delivery id."""
+    """Put an event in the outbox, inside the caller's transaction; returns the delivery id.
+
+    Events of one case (or of one alert without a case) are delivered in the order they
+    are put here (see :func:`alerts.schema.order_key`)."""
     delivery_id = str(uuid.uuid4())
     conn.execute(outbox.insert().values(
         delivery_id=delivery_id, event_id=str(uuid.uuid4()), event=event,
         payload=orjson.dumps(payload).decode(), status=DeliveryStatus.PENDING.value,
         attempts=0, created_ns=now_ns, next_attempt_ns=now_ns, last_error="",
-        delivered_via="", case_id=case_id))
+        delivered_via="", case_id=case_id, order_key=order_key(case_id, payload)))
     return delivery_id
 
 

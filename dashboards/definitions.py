@@ -5,7 +5,7 @@ Every panel query is InfluxQL (answered by InfluxDB 1.x, 2.x with a DBRP mapping
 3.x) and is recorded as a :class:`~dashboards.model.PanelQuery` with the columns the
 panel uses, so tests and the shift report run exactly what Grafana runs.
 
-Measurements read (DESIGN.md schema): one per device type (tags device, grid,
+Measurements read (docs/design.md schema): one per device type (tags device, grid,
 district, unit), ``lifeline_alert``, ``lifeline_case``, ``lifeline_kpi``,
 ``lifeline_ingest``, ``lifeline_device_status``, and two written for dashboards by
 the service: ``lifeline_device_info`` (registry: location, DMA) and
@@ -27,9 +27,9 @@ from grafana_foundation_sdk.models import dashboard as dm
 
 from dashboards.influxql import DATASOURCE_TYPE, InfluxQL
 from dashboards.model import Format, GrafanaTarget, PanelQuery
+from devices.catalogue import Catalogue
 
-DEVICE_TYPES = ("gas_alarm", "gas_pipeline", "water_pressure", "water_flow", "water_quality",
-                "drain_level", "manhole_cover", "heat_pipe")
+DEVICE_TYPES = tuple(Catalogue.builtin().types)  # the built-in catalogue's device types
 GAS_LEVELS = (25.0, 50.0)  # %LEL, GB/T 50493-2019 level 1 / 2 (rules/builtin/gas.toml)
 DRAIN_LEVELS = (3.0, 4.0)  # m, drain-level-high / drain-level-overflow (rules/builtin/drain.toml)
 MANHOLE_TILT = 15.0  # degrees, manhole-cover-tilt
@@ -89,8 +89,18 @@ class Board:
             v = v.all_value(all_value)
         self.builder.with_variable(v)
 
-    def type_variable(self, types: Sequence[str] = DEVICE_TYPES) -> None:
-        """The device type variable (the catalogue's types)."""
+    @property
+    def device_types(self) -> tuple[str, ...]:
+        """The catalogue's device types (built-in plus the operator's, from the target)."""
+        return self.target.device_types or DEVICE_TYPES
+
+    def types_like(self, *prefixes: str) -> tuple[str, ...]:
+        """The catalogue's types whose names start with one of ``prefixes``."""
+        return tuple(t for t in self.device_types if t.startswith(prefixes))
+
+    def type_variable(self) -> None:
+        """The device type variable: every type of the catalogue."""
+        types = self.device_types
         self.builder.with_variable(
             db.CustomVariable("type").label("device type").values(",".join(types)).multi(True)
             .options([dm.VariableOption(selected=False, text=t, value=t) for t in types])
@@ -126,14 +136,19 @@ class Board:
                  "WHERE $timeFilter" + case_filter)
         for name, query, colour, text, tags in (
                 ("alerts firing", alerts, "red", "rule", "device,severity"),
-                ("case changes", cases, "blue", "action", "state,severity")):
+                ("case changes", cases, "blue", "action", "case_id,state,severity")):
             self.queries.append(PanelQuery(self.uid, f"annotation: {name}", "Anno", query,
                                            "table", (text, *tags.split(","))))
             self.builder.annotation(InfluxAnnotation(name, self.ds, query, colour, text, tags))
 
     def build(self) -> dm.Dashboard:
-        """The dashboard model."""
-        return self.builder.build()
+        """The dashboard model; every panel names the datasource (a provisioned dashboard
+        must not depend on Grafana's default datasource)."""
+        model = self.builder.build()
+        for panel in model.panels or []:
+            if isinstance(panel, dm.Panel) and panel.datasource is None:
+                panel.datasource = self.ds
+        return model
 
 
 class InfluxAnnotationQuery(dm.AnnotationQuery):
@@ -222,24 +237,47 @@ def _alerts_query(where: str) -> str:
             'GROUP BY "device", "rule", "severity", "grid", "type"')
 
 
+def case_link(target: GrafanaTarget) -> dict[str, Any]:
+    """Data link of a ``case_id`` cell: the case's page (dispatch system or API)."""
+    return {"title": "case ${__value.raw}", "targetBlank": True,
+            "url": target.case_link().replace("{case_id}", "${__value.raw}")}
+
+
+def alert_link(target: GrafanaTarget) -> dict[str, Any]:
+    """Data link of an alert row (``device`` and ``rule`` fields): the alert in the API,
+    which names its ``case_id``."""
+    api = target.api_url.rstrip("/")
+    return {"title": "alert and its case (API)", "targetBlank": True,
+            "url": (f"{api}/api/v1/alerts?device=${{__data.fields.device:percentencode}}"
+                    "&rule=${__data.fields.rule:percentencode}")}
+
+
+def _links(panel: table.Panel, field_name: str, link: dict[str, Any]) -> table.Panel:
+    """``link`` on every cell of the field ``field_name``."""
+    return panel.override_by_name(field_name, [dm.DynamicConfigValue(id_val="links",
+                                                                      value=[link])])
+
+
 def _alert_table(b: Board, title: str, where: str, h: int = 8, w: int = 12) -> table.Panel:
     """Alerts currently firing (last transition in range is firing)."""
-    return (_table(title, h, w)
-            .with_target(b.q(title, "A", _alerts_query(where),
-                             ("firing", "value", "device", "rule", "severity"), "table"))
-            .with_transformation(_filter_value("firing", 1))
-            .override_by_name("severity", [dm.DynamicConfigValue(
-                id_val="mappings", value=_severity_mappings())]))
+    panel = (_table(title, h, w)
+             .with_target(b.q(title, "A", _alerts_query(where),
+                              ("firing", "value", "device", "rule", "severity"), "table"))
+             .with_transformation(_filter_value("firing", 1))
+             .override_by_name("severity", [dm.DynamicConfigValue(
+                 id_val="mappings", value=_severity_mappings())]))
+    return _links(panel, "rule", alert_link(b.target))
 
 
 def _events_table(b: Board, title: str, where: str, h: int = 8, w: int = 12) -> table.Panel:
     """Alert transitions (device events, rule alerts) as a log."""
     query = ('SELECT "state", "value", "alert_id" FROM "lifeline_alert" '
              f'WHERE $timeFilter AND {where} GROUP BY "device", "rule", "severity"')
-    return (_table(title, h, w).sort_by([cb.TableSortByFieldState().display_name("Time")
-                                         .desc(True)])
-            .with_target(b.q(title, "A", query, ("state", "value", "device", "rule",
-                                                 "severity"), "table")))
+    panel = (_table(title, h, w).sort_by([cb.TableSortByFieldState().display_name("Time")
+                                          .desc(True)])
+             .with_target(b.q(title, "A", query, ("state", "value", "device", "rule",
+                                                  "severity"), "table")))
+    return _links(panel, "rule", alert_link(b.target))
 
 
 CASE_CHANGES = ('SELECT count("case_id") AS "changes" FROM "lifeline_case" WHERE $timeFilter '
@@ -253,6 +291,12 @@ def alerts_fired_query(key: str) -> str:
             f'"firing" = 1 AND {F_TYPED} GROUP BY time($__interval), "{key}" fill(none)')
 
 
+# Alerts open now, whenever they fired: each (device, rule)'s last transition up to the
+# end of the range is a firing one; one row per device and severity.
+OPEN_ALERTS_BY_DEVICE = (
+    'SELECT max("firing") AS "firing" FROM (SELECT last("firing") AS "firing" FROM '
+    f'"lifeline_alert" WHERE {UNTIL_TO} AND {F_TYPED} GROUP BY "device", "rule", "severity") '
+    'WHERE "firing" = 1 GROUP BY "device", "severity"')
 CASES_RAW = ('SELECT "case_id", "state", "overdue", "severity", "grid", "unit", "action" '
              'FROM "lifeline_case" WHERE $timeFilter AND "grid" =~ /^$grid$/ '
              'AND "type" =~ /^$type$/')
@@ -266,8 +310,10 @@ NOISY_RULES = ('SELECT count("firing") AS "alerts" FROM "lifeline_alert" WHERE $
 
 
 def kpi_query(name: str) -> str:
-    """The city-wide KPI of the latest ``lifeline_kpi`` point in range."""
-    return (f'SELECT last("{name}") AS "{name}" FROM "lifeline_kpi" '
+    """The city-wide KPI of the latest ``lifeline_kpi`` point in range: ``last("cases")``
+    (always written) selects the point and the KPI is read from that same point, so a KPI
+    it leaves out (zero denominator) is empty rather than an older point's value."""
+    return (f'SELECT last("cases") AS "cases", "{name}" AS "{name}" FROM "lifeline_kpi" '
             "WHERE $timeFilter AND \"scope\" = 'all'")
 
 
@@ -284,6 +330,7 @@ def overview(target: GrafanaTarget) -> Board:
         b.builder.with_panel(
             stat.Panel().title(title).unit("percentunit").decimals(1).height(4).span(6)
             .thresholds(_thresholds(*steps)).color_mode(cm.BigValueColorMode.BACKGROUND)
+            .reduce_options(cb.ReduceDataOptions().calcs(["lastNotNull"]).fields(f"/^{name}$/"))
             .with_target(b.q(title, "A", kpi_query(name), (name,))))
     title = "Devices: status and active alerts"
     geo = (geomap.Panel().title(title).height(14).span(14)
@@ -305,6 +352,9 @@ def overview(target: GrafanaTarget) -> Board:
            .thresholds(_thresholds((None, "red"), (1, "green")))
            .override_by_name("severity", [dm.DynamicConfigValue(
                id_val="mappings", value=_severity_mappings())])
+           # marker size 12 for a firing alert, 0 where a device has none (null)
+           .override_by_name("firing", [dm.DynamicConfigValue(id_val="min", value=0),
+                                        dm.DynamicConfigValue(id_val="max", value=1)])
            .with_target(b.q(title, "A", (
                f'SELECT last("lat") AS "lat", last("lon") AS "lon" FROM "{INFO}" '
                f'WHERE {UNTIL_TO} AND {F_TYPED} GROUP BY "device", "type", "grid"'),
@@ -313,10 +363,8 @@ def overview(target: GrafanaTarget) -> Board:
                'SELECT last("online") AS "online" FROM "lifeline_device_status" '
                f'WHERE {UNTIL_TO} AND {F_TYPED} GROUP BY "device"'), ("online", "device"),
                "table"))
-           .with_target(b.q(title, "C", (
-               'SELECT last("firing") AS "firing" FROM "lifeline_alert" '
-               f'WHERE $timeFilter AND {F_TYPED} GROUP BY "device", "severity"'),
-               ("firing", "device", "severity"), "table"))
+           .with_target(b.q(title, "C", OPEN_ALERTS_BY_DEVICE,
+                            ("firing", "device", "severity"), "table"))
            .with_transformation(_transform("joinByField", {"byField": "device",
                                                            "mode": "outer"})))
     b.builder.with_panel(geo)
@@ -333,12 +381,22 @@ def overview(target: GrafanaTarget) -> Board:
         .with_transformation(_transform("groupBy", {"fields": {
             "state (last)": {"operation": "groupby", "aggregations": []},
             "case_id": {"operation": "aggregate", "aggregations": ["count"]}}})))
+    title = "Open cases (case id: link to the case)"
+    b.builder.with_panel(_links(
+        _table(title, w=12).with_target(b.q(title, "A", CASES_RAW, CASE_COLUMNS, "table"))
+        .with_transformation(_last_by("case_id", ("state", "overdue", "severity", "grid",
+                                                  "unit")))
+        .with_transformation(_transform("filterByValue", {
+            "type": "exclude", "match": "any",
+            "filters": [{"fieldName": "state (last)",
+                         "config": {"id": "regex", "options": {"value": "closed|cancelled"}}}]})),
+        "case_id", case_link(target)))
     title = "Overdue cases (超期)"
-    b.builder.with_panel(
+    b.builder.with_panel(_links(
         _table(title).with_target(b.q(title, "A", CASES_RAW, CASE_COLUMNS, "table"))
         .with_transformation(_last_by("case_id", ("state", "overdue", "severity", "grid",
                                                   "unit")))
-        .with_transformation(_filter_value("overdue (last)", 1)))
+        .with_transformation(_filter_value("overdue (last)", 1)), "case_id", case_link(target)))
     for key, label in (("type", "device type"), ("grid", "grid")):
         title = f"Alerts fired by {label}"
         b.builder.with_panel(
@@ -356,7 +414,7 @@ def overview(target: GrafanaTarget) -> Board:
 def gas(target: GrafanaTarget) -> Board:
     """Gas: %LEL with the GB/T 50493-2019 levels, alarms, top devices."""
     b = Board("lifeline-gas", "燃气 Gas", target)
-    b.place_variables(device_types=("gas_alarm", "gas_pipeline"))
+    b.place_variables(device_types=b.types_like("gas_"))
     title = "Combustible gas %LEL per alarm"
     b.builder.with_panel(_limit_lines(
         _ts(title, "percent", w=16).with_target(b.q(title, "A", (
@@ -395,7 +453,7 @@ def gas(target: GrafanaTarget) -> Board:
 def water(target: GrafanaTarget) -> Board:
     """Water supply: pressure and flow by zone, minimum night flow, burst alerts."""
     b = Board("lifeline-water", "供水 Water supply", target)
-    b.place_variables(device_types=("water_pressure", "water_flow", "water_quality"), dma=True)
+    b.place_variables(device_types=b.types_like("water_"), dma=True)
     where = '"grid" =~ /^$grid$/ AND "device" =~ /^$device$/'
     title = "Pressure by zone (grid)"
     b.builder.with_panel(_limit_lines(
@@ -436,7 +494,7 @@ def water(target: GrafanaTarget) -> Board:
 def drainage(target: GrafanaTarget) -> Board:
     """Drainage and pipe network: levels, manhole covers, heat pipes."""
     b = Board("lifeline-drainage", "排水与管网 Drainage and pipe network", target)
-    b.place_variables(device_types=("drain_level", "manhole_cover", "heat_pipe"))
+    b.place_variables(device_types=b.types_like("drain_", "manhole_", "heat_"))
     title = "Drain levels (m) with warning lines"
     b.builder.with_panel(_limit_lines(
         _ts(title, "lengthm", w=16).with_target(b.q(title, "A", (

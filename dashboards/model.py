@@ -32,3 +32,10 @@ class GrafanaTarget:
     datasource_name: str = "lifeline InfluxDB"
     folder: str = "citylifeline"
     timezone: str = "Asia/Shanghai"
+    device_types: tuple[str, ...] = ()  # the catalogue's types (empty: the built-in one)
+    api_url: str = "http://127.0.0.1:8080"  # the lifeline API as browsers reach it (links)
+    case_url: str = ""  # a case's page, "{case_id}" in it; empty: the API's case route
+
+    def case_link(self) -> str:
+        """URL template of a case's page with ``{case_id}`` in it."""
+        return self.case_url or f"{self.api_url.rstrip('/')}/api/v1/cases/{{case_id}}"

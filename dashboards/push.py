@@ -64,6 +64,12 @@ def _version(text: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
+def _short(message: str, limit: int = 200) -> str:
+    """One line of at most ``limit`` characters (a server may answer a whole HTML page)."""
+    line = " ".join(str(message).split())
+    return line if len(line) <= limit else line[:limit - 1] + "…"
+
+
 def _subset_equal(ours: Any, theirs: Any) -> bool:
     """Every key we set has the same value on the server (server-side additions ignored)."""
     if isinstance(ours, dict):
@@ -86,7 +92,9 @@ class Pusher:
         self.url = url.rstrip("/")
         self.api = GrafanaApi.from_url(self.url, credential=token, timeout=timeout)
 
-    def _call(self, what: str, fn: Any, *args: Any) -> Any:
+    def _call(self, what: str, fn: Any, *args: Any, missing_ok: bool = False) -> Any:
+        """``fn(*args)`` with every failure as one :class:`PushError` line (``missing_ok``:
+        a 404 answers None)."""
         try:
             return fn(*args)
         except GrafanaUnauthorizedError as exc:
@@ -94,28 +102,42 @@ class Pusher:
                             "check --token (a service account token with Editor or Admin "
                             "role)") from exc
         except GrafanaClientError as exc:
+            if exc.status_code == 404 and missing_ok:
+                return None
             if exc.status_code == 403:
                 raise PushError(f"Grafana at {self.url}: the token may not do this ({what}): "
-                                f"403 {exc.message}") from exc
-            raise
+                                f"403 {_short(exc.message)}") from exc
+            raise PushError(f"Grafana at {self.url}: {what}: "
+                            f"{_short(exc.message)}") from exc
         except GrafanaException as exc:
-            raise PushError(f"Grafana at {self.url} failed while {what}: {exc.message}") from exc
+            raise PushError(f"Grafana at {self.url} failed while {what}: "
+                            f"{_short(exc.message)}") from exc
         except niquests.exceptions.RequestException as exc:
             raise PushError(f"Grafana at {self.url} unreachable while {what}: {exc}") from exc
+        except ValueError as exc:  # a body that claims JSON and is not (not Grafana's API)
+            raise PushError(f"{self.url} does not answer like Grafana while {what} "
+                            f"(the answer is not JSON): check --url") from exc
 
     def _get(self, what: str, fn: Any, *args: Any) -> Any | None:
         """A GET that may answer 404 (None)."""
-        try:
-            return self._call(what, fn, *args)
-        except GrafanaClientError as exc:
-            if exc.status_code == 404:
-                return None
-            raise PushError(f"Grafana at {self.url}: {what}: {exc.message}") from exc
+        return self._call(what, fn, *args, missing_ok=True)
 
     def version(self) -> str:
         """The server's version; refuses servers older than Grafana 10."""
-        info = self._call("reading its version", self.api.health.check)
-        text = str((info or {}).get("version", "")) if isinstance(info, dict) else ""
+        path = "/api/frontend/settings"
+        try:
+            settings = self._call("reading its version", self.api.client.GET,
+                                  path.removeprefix("/api"))
+        except PushError as exc:
+            if isinstance(exc.__cause__, GrafanaClientError) and exc.__cause__.status_code == 404:
+                raise PushError(f"{self.url} is not Grafana: GET {path} answered 404 "
+                                "(check --url: Grafana's root URL)") from exc
+            raise
+        info = settings.get("buildInfo") if isinstance(settings, dict) else None
+        if not isinstance(info, dict) or not info.get("version"):
+            raise PushError(f"{self.url} is not Grafana: GET {path} has no build info "
+                            "(check --url: Grafana's root URL)")
+        text = str(info["version"])
         if _version(text) < MIN_GRAFANA:
             raise PushError(f"Grafana at {self.url} is version {text}; the dashboards need "
                             f"Grafana {MIN_GRAFANA[0]}.{MIN_GRAFANA[1]} or newer")

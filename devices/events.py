@@ -7,7 +7,7 @@ from enum import StrEnum
 
 
 class EventType(StrEnum):
-    """Events a device decides itself (DESIGN.md)."""
+    """Events a device decides itself (docs/design.md)."""
 
     ALARM = "alarm"
     ALARM_CLEAR = "alarm_clear"

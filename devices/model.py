@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Final
 
-# DESIGN.md pattern, plus at least one letter or digit so "." and ".." are refused.
+# docs/design.md pattern, plus at least one letter or digit so "." and ".." are refused.
 DEVICE_ID_RE: Final = re.compile(r"(?=[^/]*[A-Za-z0-9])[A-Za-z0-9_.-]{1,64}")
 
 

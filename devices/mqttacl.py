@@ -1,5 +1,7 @@
-"""Mosquitto credentials and ACL for the registry: each device may publish only under
-``{prefix}/{id}/...`` and read nothing; the service account may read every device topic.
+"""Mosquitto credentials, ACL and listener configuration for the registry: each device
+may publish only under ``{prefix}/{id}/...`` and read nothing; the service account may
+read every device topic; every client's id is its user name, so no credential can take
+over another identity's session (the service's persistent session in particular).
 
 Passwords are hashed like ``mosquitto_passwd`` does (``$7$``: PBKDF2-SHA512, 101
 iterations, 12-byte salt), so no Mosquitto tool is needed to generate the files.
@@ -16,7 +18,7 @@ import io
 import os
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -26,6 +28,9 @@ from devices.model import valid_device_id
 
 ITERATIONS: Final = 101
 _USER_RE: Final = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# ``listener`` value: a port, optionally a bind address or host name
+_LISTENER_RE: Final = re.compile(r"^[0-9]{1,5}( [A-Za-z0-9_.:%-]{1,253})?$")
+DEFAULT_LISTENERS: Final = ("1883",)
 
 
 class AclError(DevicesError):
@@ -65,6 +70,62 @@ def acl_text(device_ids: Iterable[str], prefix: str, service_user: str) -> str:
     return "\n".join(lines)
 
 
+def _conf_path(path: Path) -> str:
+    text = str(path.resolve())
+    if any(c.isspace() for c in text):  # Mosquitto reads a value up to white space
+        raise AclError(f"{text!r}: Mosquitto cannot use a path with white space")
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerTls:
+    """Server certificate of the generated listeners (``certfile``/``keyfile``, and the
+    ``cafile`` of the chain when given)."""
+
+    certfile: Path
+    keyfile: Path
+    cafile: Path | None = None
+
+
+def broker_config_text(password_file: Path, acl_file: Path,
+                       listeners: Sequence[str] = DEFAULT_LISTENERS,
+                       tls: ListenerTls | None = None) -> str:
+    """The Mosquitto configuration for the generated files: one listener block per
+    ``listeners`` entry (``"PORT"`` or ``"PORT ADDRESS"``) with no anonymous access, the
+    password file, the ACL and ``use_username_as_clientid true``: the broker replaces
+    every client id by the user name, so a device's credentials only ever reach the
+    device's own session and can never disconnect or wipe the service's persistent one.
+
+    The options sit in each listener block, so they hold with ``per_listener_settings``
+    true or false. ``use_username_as_clientid`` is a listener option (outside a block it
+    would open a default listener on every interface): with no ``listeners`` the text is a
+    block body to append right after the operator's own ``listener`` line. With ``tls``
+    every generated listener speaks TLS only.
+    """
+    bad = [v for v in listeners if not _LISTENER_RE.match(v)]
+    if bad:
+        raise AclError(f"invalid listener {bad[0]!r} (expected PORT or 'PORT ADDRESS')")
+    body: list[str] = []
+    if tls is not None:
+        if tls.cafile is not None:
+            body.append(f"cafile {_conf_path(tls.cafile)}")
+        body += [f"certfile {_conf_path(tls.certfile)}", f"keyfile {_conf_path(tls.keyfile)}"]
+    body += [
+        "allow_anonymous false",
+        f"password_file {_conf_path(password_file)}",
+        f"acl_file {_conf_path(acl_file)}",
+        "# the client id is the user name: no credential can take over another",
+        "# client's session (the service's persistent session in particular)",
+        "use_username_as_clientid true",
+    ]
+    lines = ["# written by `lifeline devices mqtt-acl`; regenerate instead of editing"]
+    for value in listeners:
+        lines += ["", f"listener {value}", *body]
+    if not listeners:
+        lines += ["# the body of the listener block this text is appended to", *body]
+    return "\n".join(lines) + "\n"
+
+
 @dataclass(frozen=True, slots=True)
 class AclFiles:
     """What :func:`write_mqtt_auth` wrote."""
@@ -74,6 +135,7 @@ class AclFiles:
     credentials_file: Path
     users: int
     new_users: int
+    config_file: Path
 
 
 def _read_credentials(path: Path) -> dict[str, str]:
@@ -96,8 +158,11 @@ def _write_private(path: Path, text: str) -> None:
 
 
 def write_mqtt_auth(out_dir: Path, device_ids: Iterable[str], *, prefix: str,
-                    service_user: str, service_password: str = "") -> AclFiles:
-    """Write ``passwd``, ``acl`` and ``credentials.csv`` under ``out_dir``."""
+                    service_user: str, service_password: str = "",
+                    listeners: Sequence[str] = DEFAULT_LISTENERS,
+                    tls: ListenerTls | None = None) -> AclFiles:
+    """Write ``passwd``, ``acl``, ``credentials.csv`` and ``mosquitto.conf`` (see
+    :func:`broker_config_text`) under ``out_dir``."""
     if any(c in prefix for c in "+#") or not prefix:
         raise AclError(f"invalid topic prefix {prefix!r}")
     if not _USER_RE.match(service_user):
@@ -108,6 +173,7 @@ def write_mqtt_auth(out_dir: Path, device_ids: Iterable[str], *, prefix: str,
         raise AclError(f"invalid device ids: {', '.join(repr(b) for b in bad[:5])}")
     if service_user in ids:
         raise AclError(f"service user {service_user!r} is also a device id")
+    config = broker_config_text(out_dir / "passwd", out_dir / "acl", listeners, tls)
     out_dir.mkdir(parents=True, exist_ok=True)
     creds_path = out_dir / "credentials.csv"
     known = _read_credentials(creds_path)
@@ -129,4 +195,6 @@ def write_mqtt_auth(out_dir: Path, device_ids: Iterable[str], *, prefix: str,
     _write_private(out_dir / "passwd",
                    "".join(f"{u}:{hash_password(p)}\n" for u, p in creds.items()))
     (out_dir / "acl").write_text(acl_text(ids, prefix, service_user), encoding="utf-8")
-    return AclFiles(out_dir / "passwd", out_dir / "acl", creds_path, len(creds), new)
+    (out_dir / "mosquitto.conf").write_text(config, encoding="utf-8")
+    return AclFiles(out_dir / "passwd", out_dir / "acl", creds_path, len(creds), new,
+                    out_dir / "mosquitto.conf")

@@ -24,15 +24,27 @@ class ReadingFlag(IntFlag):
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """Readings as parallel numpy arrays; row i is one value of one series."""
+    """Readings as parallel numpy arrays; row i is one value of one series.
+
+    ``ts_ns`` is the reading's time (as sent, or the receive time when it sent none):
+    the rule engine judges it. ``point_ns`` is the time of the reading's InfluxDB
+    point: ``ts_ns`` plus the reading's tie-break (see :mod:`ingest.decode`), so
+    distinct readings of one device never share a point. ``None``: same as ``ts_ns``.
+    """
 
     series: npt.NDArray[np.int64]
     ts_ns: npt.NDArray[np.int64]
     value: npt.NDArray[np.float64]
     flags: npt.NDArray[np.uint16]
+    point_ns: npt.NDArray[np.int64] | None = None
 
     def __len__(self) -> int:
         return int(self.series.shape[0])
+
+    @property
+    def stored_ns(self) -> npt.NDArray[np.int64]:
+        """The InfluxDB point time of each row."""
+        return self.ts_ns if self.point_ns is None else self.point_ns
 
     @classmethod
     def empty(cls) -> Batch:
@@ -41,7 +53,8 @@ class Batch:
 
     @classmethod
     def from_lists(
-        cls, series: list[int], ts_ns: list[int], value: list[float], flags: list[int]
+        cls, series: list[int], ts_ns: list[int], value: list[float], flags: list[int],
+        point_ns: list[int] | None = None,
     ) -> Batch:
         """Build a batch from equally long Python lists."""
         return cls(
@@ -49,4 +62,5 @@ class Batch:
             ts_ns=np.asarray(ts_ns, dtype=np.int64),
             value=np.asarray(value, dtype=np.float64),
             flags=np.asarray(flags, dtype=np.uint16),
+            point_ns=None if point_ns is None else np.asarray(point_ns, dtype=np.int64),
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -53,6 +54,8 @@ class StoredDeadLetter:
 
     id: int
     letter: DeadLetter
+    payload_size: int  # bytes as received
+    truncated: bool  # the stored payload is cut: not replayable
 
 
 metadata = sa.MetaData()
@@ -66,6 +69,9 @@ dead_letters = sa.Table(
     sa.Column("reason", sa.String(32), nullable=False, index=True),
     sa.Column("detail", sa.String(1024), nullable=False),
     sa.Column("replay", sa.Integer, nullable=False, server_default="0", index=True),
+    # the message's size as received; a letter whose payload was cut is never replayed
+    sa.Column("payload_size", sa.BigInteger, nullable=True),
+    sa.Column("truncated", sa.Integer, nullable=False, server_default="0"),
 )
 
 
@@ -90,11 +96,90 @@ def _add_replay_column(conn: Connection) -> None:
     sa.Index("ix_dead_letters_replay", dead_letters.c.replay).create(conn, checkfirst=True)
 
 
+_OLD_PAYLOAD_CAP = 65536  # letters stored before migration 3 were cut at this many bytes
+
+
+def _add_payload_size(conn: Connection) -> None:
+    columns = {c["name"] for c in sa.inspect(conn).get_columns("dead_letters")}
+    if "payload_size" not in columns:
+        conn.execute(sa.text("ALTER TABLE dead_letters ADD COLUMN payload_size BIGINT"))
+    if "truncated" not in columns:
+        conn.execute(sa.text(
+            "ALTER TABLE dead_letters ADD COLUMN truncated INTEGER NOT NULL DEFAULT 0"))
+    # An old letter at exactly the old cap may have been cut: it is not replayed.
+    conn.execute(sa.text(
+        "UPDATE dead_letters SET payload_size = length(payload), "
+        "truncated = CASE WHEN length(payload) >= :cap THEN 1 ELSE 0 END "
+        "WHERE payload_size IS NULL"), {"cap": _OLD_PAYLOAD_CAP})
+
+
 # (version, description, upgrade): applied by the service's migration runner.
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "dead_letters table", _create_dead_letters),
     (2, "dead_letters.replay: replay requested by the CLI or API", _add_replay_column),
+    (3, "dead_letters.payload_size, truncated: whole payloads, cut ones not replayed",
+     _add_payload_size),
 ]
+
+
+class DeadLetterLogLimiter:
+    """Rate-limits the log line of each dead letter, per reason.
+
+    In each window (``window_s``, from the first letter after a quiet spell) the
+    first ``per_reason`` letters of a reason are logged one by one; the rest are
+    counted, and when the window ends (a timer: no further letter is needed) one
+    line per reason says how many were suppressed. A flood of garbage thus costs
+    a few lines a minute, not one per message.
+    """
+
+    def __init__(self, per_reason: int = 10, window_s: float = 60.0) -> None:
+        self.per_reason = per_reason
+        self.window_s = window_s
+        self._lock = threading.Lock()
+        self._logged: Counter[str] = Counter()
+        self._suppressed: Counter[str] = Counter()
+        self._window_start: float | None = None
+        self._timer: threading.Timer | None = None
+
+    def letter(self, topic: str, reason: str, detail: str) -> None:
+        """Log one dead letter, or count it as suppressed."""
+        with self._lock:
+            now = time.monotonic()
+            if self._window_start is None or now - self._window_start >= self.window_s:
+                self._end_window(now)
+            if self._logged[reason] >= self.per_reason:
+                self._suppressed[reason] += 1
+                if self._timer is None:
+                    assert self._window_start is not None
+                    self._timer = threading.Timer(
+                        max(0.0, self._window_start + self.window_s - now), self.flush)
+                    self._timer.daemon = True
+                    self._timer.start()
+                return
+            self._logged[reason] += 1
+        log.info("dead-lettered topic=%r reason=%s detail=%r", topic, reason, detail)
+
+    def flush(self) -> None:
+        """End the window: log what was suppressed in it."""
+        with self._lock:
+            self._end_window(None)
+
+    def close(self) -> None:
+        """Log what is pending and stop the timer."""
+        self.flush()
+
+    def _end_window(self, now: float | None) -> None:
+        elapsed = time.monotonic() - self._window_start if self._window_start is not None else 0
+        for reason, count in sorted(self._suppressed.items()):
+            log.warning("suppressed %d dead letters of reason %s in the last %.0f s "
+                        "(first %d logged; `lifeline dlq list --reason %s` lists them)",
+                        count, reason, elapsed, self.per_reason, reason)
+        self._suppressed.clear()
+        self._logged.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._window_start = now
 
 
 class DeadLetterStore:
@@ -103,12 +188,16 @@ class DeadLetterStore:
     The schema is created by the migration runner (``MIGRATIONS``). The store
     keeps at most ``max_rows`` letters: the oldest are deleted beyond that and
     counted in ``evicted`` (and under ``dlq_overflow`` in ``counts``).
+    Payloads are kept whole up to ``max_payload`` bytes (the service passes
+    ``ingest.max_payload_bytes``, so only an ``oversized`` message is ever cut); a cut
+    letter is marked ``truncated`` and is never replayed, since a replay would not be
+    faithful.
     A replay is requested by marking letters (:meth:`request_replay`, from the
     CLI or the API, in any process); the running service takes them
     (:meth:`take_replays`) and feeds them through the decoder again.
     """
 
-    def __init__(self, engine: Engine, *, max_payload: int = 65536,
+    def __init__(self, engine: Engine, *, max_payload: int = 16 * 1024 * 1024,
                  max_rows: int = 1_000_000) -> None:
         self._engine = engine
         self._max_payload = max_payload
@@ -117,6 +206,7 @@ class DeadLetterStore:
         self.counts: Counter[str] = Counter()
         self.evicted = 0
         self._rows: int | None = None
+        self.log_limiter = DeadLetterLogLimiter()
 
     def add_many(self, letters: Iterable[DeadLetter]) -> int:
         """Store letters in one transaction; returns how many."""
@@ -125,6 +215,8 @@ class DeadLetterStore:
                 "received_at_ns": dl.received_at_ns,
                 "topic": dl.topic[:512],
                 "payload": dl.payload[: self._max_payload],
+                "payload_size": len(dl.payload),
+                "truncated": int(len(dl.payload) > self._max_payload),
                 "reason": dl.reason.value,
                 "detail": dl.detail[:1024],
                 "replay": 0,
@@ -144,9 +236,8 @@ class DeadLetterStore:
                 self._evict(conn)
         with self._lock:
             self.counts.update(str(r["reason"]) for r in rows)
-        for r in rows[:5]:
-            log.info("dead-lettered topic=%r reason=%s detail=%r",
-                     r["topic"], r["reason"], r["detail"])
+        for r in rows:
+            self.log_limiter.letter(str(r["topic"]), str(r["reason"]), str(r["detail"]))
         return len(rows)
 
     def _evict(self, conn: Connection) -> None:
@@ -186,8 +277,10 @@ class DeadLetterStore:
                        limit: int = 10_000) -> int:
         """Mark letters (by id, or the newest ``limit`` of a reason) for replay; count marked."""
         # Lines InfluxDB refused are not MQTT messages: the decoder cannot take them again.
+        # A cut payload would not be replayed faithfully.
         query = (dead_letters.update().values(replay=1).where(dead_letters.c.replay == 0)
-                 .where(dead_letters.c.reason != Reason.WRITE_REJECTED.value))
+                 .where(dead_letters.c.reason != Reason.WRITE_REJECTED.value)
+                 .where(dead_letters.c.truncated == 0))
         if ids:
             query = query.where(dead_letters.c.id.in_(list(ids)))
         elif reason:
@@ -254,4 +347,6 @@ def _stored(row: sa.Row[Any]) -> StoredDeadLetter:
             detail=row.detail,
             received_at_ns=row.received_at_ns,
         ),
+        payload_size=int(row.payload_size if row.payload_size is not None else len(row.payload)),
+        truncated=bool(row.truncated),
     )

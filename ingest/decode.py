@@ -2,6 +2,23 @@
 
 Decoding never raises on device input: every message either yields readings
 or a :class:`DeadLetter` with a reason (or both, when only part of it is bad).
+
+Identity of a reading (README "Ingest"). A reading is one telemetry object; it is
+identified, per device, by its ``seq`` (an integer or a string; any other ``seq`` is
+ignored) and its ``ts`` as sent (converted to ns), or, without ``seq``, by its ``ts``
+and its ``values``; a reading with neither is only itself. A second reading with the
+identity of one seen before is a duplicate: dropped and counted (:class:`Deduplicator`).
+
+Every other reading gets an InfluxDB point of its own (InfluxDB keeps one point per
+series and time): its time is the reading's ``ts`` plus a *tie-break* of 0-999 ns, a
+function of the reading alone, so a resend lands on the same point even after a
+restart: ``seq`` mod 1000 (a string ``seq``: its CRC-32 mod 1000), or, without ``seq``,
+the CRC-32 of its values mod 1000. Sent times are whole microseconds (floats are
+rounded to the µs), so the tie-break never reorders readings of different times. Two
+readings whose tie-breaks coincide are kept apart by :class:`PointMemory`. A reading
+without ``ts`` is stored at its receive time, or just after the readings of its
+device received moments before (the position in its array). The rule engine judges
+the time as sent (``Batch.ts_ns``), the writer stores ``Batch.point_ns``.
 """
 
 from __future__ import annotations
@@ -9,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -35,6 +53,8 @@ _OUT_OF_RANGE = int(ReadingFlag.OUT_OF_RANGE)
 _SECONDS_CUTOFF = 100_000_000_000
 _MAX_NS = 2**63 - 1
 _MAX_MS = _MAX_NS // NS_PER_MS
+TIE_BREAK_NS = 1000  # tie-breaks are 0..999 ns: below the µs, the finest a sent ts has
+_POINT_MEMORY = 200_000  # point times remembered when de-duplication is off
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +121,86 @@ class Deduplicator:
         return len(self._current) + len(self._previous)
 
 
+def tie_break(seq: Any, values: Mapping[str, Any]) -> int:
+    """A reading's tie-break in ns (0-999): a function of the reading alone.
+
+    ``seq`` mod 1000 for an integer ``seq`` (readings of one instant keep their
+    ``seq`` order), the CRC-32 of a string ``seq``, else the CRC-32 of the values.
+    """
+    if type(seq) is int:
+        return seq % TIE_BREAK_NS
+    if type(seq) is str:
+        return zlib.crc32(seq.encode("utf-8", "surrogatepass")) % TIE_BREAK_NS
+    try:
+        canonical = orjson.dumps(values)
+    except TypeError:  # ints past 64 bits, lone surrogates: parsed by the stdlib
+        canonical = repr(values).encode("utf-8", "surrogatepass")
+    return zlib.crc32(canonical) % TIE_BREAK_NS
+
+
+class PointMemory:
+    """The point times given out lately, per device (between ``capacity // 2`` and
+    ``capacity``): two distinct readings never share an InfluxDB point.
+
+    A reading with ``ts`` gets ``ts + tie-break`` unless that point is taken (two
+    tie-breaks coincide, or two readings have no identity to tell them apart); then
+    the first free one of the same µs, and past it only when all 1,000 are taken (a
+    cursor per device and ``ts`` makes that O(1) per reading, also for a device that
+    sends thousands of readings with one ``ts``). A reading without ``ts`` gets its
+    receive time, or the point after the readings of its device whose receive-time
+    run it falls in (an array, or messages received nanoseconds apart).
+    """
+
+    __slots__ = ("_current", "_cursors", "_half", "_previous", "_runs")
+
+    def __init__(self, capacity: int) -> None:
+        self._half = max(1, capacity // 2)
+        self._current: set[tuple[str, int]] = set()
+        self._previous: set[tuple[str, int]] = set()
+        self._cursors: dict[tuple[str, int], int] = {}  # (device, ts): last offset probed
+        self._runs: dict[str, tuple[int, int]] = {}  # device: (first, last) of the last run
+
+    def take(self, device_id: str, point: int) -> bool:
+        """Take ``point`` if it is free; False if it is taken."""
+        key = (device_id, point)
+        current = self._current
+        if key in current or key in self._previous:
+            return False
+        current.add(key)
+        if len(current) >= self._half:
+            self._previous = current
+            self._current = set()
+            self._cursors.clear()
+        return True
+
+    def claim(self, device_id: str, ts_ns: int, tie: int) -> int:
+        """The point of a reading sent at ``ts_ns`` with tie-break ``tie``."""
+        point = ts_ns + tie
+        if self.take(device_id, point):
+            return point
+        group = (device_id, ts_ns)
+        offset = self._cursors.get(group, -1)
+        while True:  # below TIE_BREAK_NS inside the µs, then past it
+            offset += 1
+            point = ts_ns + offset
+            if self.take(device_id, point):
+                break
+        self._cursors[group] = offset
+        return point
+
+    def after_receive(self, device_id: str, received_at_ns: int) -> int:
+        """The point of a reading without ``ts`` received at ``received_at_ns``."""
+        run = self._runs.get(device_id)
+        if run is not None and run[0] <= received_at_ns <= run[1]:
+            first, point = run[0], run[1] + 1
+        else:
+            first = point = received_at_ns
+        while not self.take(device_id, point):
+            point += 1
+        self._runs[device_id] = (first, point)
+        return point
+
+
 # Per device: the device object it was built for and {metric: (series id, spec)}.
 # Per metric: (series id, spec, spec.low, spec.high) — the bounds unpacked for the hot loop.
 _MetricCache = tuple[Device, dict[str, tuple[int, MetricSpec, float, float]],
@@ -124,6 +224,7 @@ class Decoder:
         self.series = series
         self.limits = limits or DecodeLimits()
         self.dedup = Deduplicator(self.limits.dedup_window) if self.limits.dedup_window else None
+        self.points = PointMemory(self.limits.dedup_window or _POINT_MEMORY)
         self._topics: dict[str, DeviceTopic | None] = {}
         self._metric_cache: dict[str, _MetricCache] = {}
 
@@ -133,10 +234,11 @@ class Decoder:
         ts: list[int] = []
         val: list[float] = []
         flg: list[int] = []
+        pts: list[int] = []
         result = DecodeResult(batch=Batch.empty(), messages=len(messages))
         for msg in messages:
             try:
-                self._decode_one(msg, sid, ts, val, flg, result)
+                self._decode_one(msg, sid, ts, val, flg, pts, result)
             except _Reject as rej:
                 result.dead.append(
                     DeadLetter(msg.topic, msg.payload, rej.reason, rej.detail, msg.received_at_ns)
@@ -148,7 +250,7 @@ class Decoder:
                                f"decoder error: {type(exc).__name__}: {str(exc)[:200]}",
                                msg.received_at_ns)
                 )
-        result.batch = Batch.from_lists(sid, ts, val, flg)
+        result.batch = Batch.from_lists(sid, ts, val, flg, pts)
         return result
 
     def _parse_topic(self, topic: str) -> DeviceTopic | None:
@@ -181,6 +283,7 @@ class Decoder:
         ts: list[int],
         val: list[float],
         flg: list[int],
+        pts: list[int],
         result: DecodeResult,
     ) -> None:
         parsed = self._parse_topic(msg.topic)
@@ -206,7 +309,7 @@ class Decoder:
         if type(body) is dict:
             try:
                 accepted, bad = self._decode_object(body, cache, msg.received_at_ns,
-                                                    sid, ts, val, flg)
+                                                    sid, ts, val, flg, pts)
             except _Reject as rej:
                 raise _Reject(rej.reason, f"[0] {rej.detail}") from None
             if accepted < 0:
@@ -225,7 +328,7 @@ class Decoder:
         for index, obj in enumerate(objects):
             try:
                 accepted, bad = self._decode_object(
-                    obj, cache, msg.received_at_ns, sid, ts, val, flg
+                    obj, cache, msg.received_at_ns, sid, ts, val, flg, pts
                 )
             except _Reject as rej:
                 problems.append((rej.reason, f"[{index}] {rej.detail}"))
@@ -250,6 +353,7 @@ class Decoder:
         ts: list[int],
         val: list[float],
         flg: list[int],
+        pts: list[int],
     ) -> tuple[int, list[tuple[Reason, str]] | None]:
         """Append the object's values; returns (1 accepted | 0 nothing | -1 duplicate, problems)."""
         if type(obj) is not dict:
@@ -276,13 +380,14 @@ class Decoder:
             raise _Reject(Reason.BAD_SHAPE, "'units' must be an object")
         device, specs, metrics = cache
         dedup = self.dedup
-        if dedup is not None and (raw_ts is not None or "seq" in obj):
-            key = _dedup_key(device.id, obj.get("seq"), ts_ns if raw_ts is not None else None,
-                             values)
+        seq = obj.get("seq")
+        if dedup is not None and (raw_ts is not None or seq is not None):
+            key = _dedup_key(device.id, seq, ts_ns if raw_ts is not None else None, values)
             if key is not None and dedup.seen(key):
                 return -1, None
         bad: list[tuple[Reason, str]] | None = None
         accepted = 0
+        point = -1  # taken at the first value accepted
         for name, raw in values.items():
             entry = specs.get(name)
             if entry is None:
@@ -330,10 +435,19 @@ class Decoder:
                             continue
             if not low <= number <= high:
                 vflags |= _OUT_OF_RANGE
+            if point < 0:
+                if flags:
+                    point = self.points.after_receive(device.id, received_at_ns)
+                else:  # the common case inlined: an int seq, a free point
+                    tie = seq % TIE_BREAK_NS if type(seq) is int else tie_break(seq, values)
+                    point = ts_ns + tie
+                    if not self.points.take(device.id, point):
+                        point = self.points.claim(device.id, ts_ns, tie)
             sid.append(series_id)
             ts.append(ts_ns)
             val.append(number)
             flg.append(vflags)
+            pts.append(point)
             accepted = 1
         return accepted, bad
 
@@ -380,10 +494,13 @@ class Decoder:
             # isfinite() of an int past a float's range raises: ints are finite anyway
             if raw < 0 or (type(raw) is float and not math.isfinite(raw)):
                 raise _Reject(Reason.BAD_TIMESTAMP, f"ts {raw!r}")
-            scaled = raw * (1_000_000_000 if raw < _SECONDS_CUTOFF else NS_PER_MS)
+            seconds = raw < _SECONDS_CUTOFF
+            scaled = raw * (1_000_000_000 if seconds else NS_PER_MS)
             if scaled >= _MAX_NS:
                 raise _Reject(Reason.TS_FUTURE, f"ts {raw!r} is too far in the future")
-            ts_ns = int(scaled)
+            # a float is taken to the µs: the ns below are the reading's tie-break
+            ts_ns = (int(scaled) if type(raw) is int
+                     else round(raw * (1_000_000 if seconds else 1000)) * 1000)
         elif isinstance(raw, str):
             try:
                 parsed = datetime.fromisoformat(raw[:64])
@@ -402,11 +519,11 @@ class Decoder:
 
 
 def _dedup_key(device_id: str, seq: Any, ts_ns: int | None, values: dict[str, Any]) -> object:
-    """The key a resend of this reading would have; None when it cannot be told apart."""
-    if seq is not None:
-        if type(seq) is int or type(seq) is str:
-            return (device_id, seq, ts_ns)
-        return None
+    """The reading's identity: the key a resend of it would have; None when there is none
+    (no ``ts`` and no ``seq``, or values that cannot be hashed). A ``seq`` that is neither
+    an integer nor a string is ignored."""
+    if type(seq) is int or type(seq) is str:
+        return (device_id, seq, ts_ns)
     if ts_ns is None:
         return None
     key = (device_id, ts_ns, tuple(values.items()))

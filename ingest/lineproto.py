@@ -9,14 +9,15 @@ __all__ = ["batch_lines", "escape_string_field", "escape_tag"]
 
 
 def batch_lines(batch: Batch, series: SeriesTable) -> list[str]:
-    """One line per row: ``measurement,tags metric=value[,flags=Ni] ts``.
+    """One line per row: ``measurement,tags metric=value[,flags=Ni] point_ns``.
 
-    Rows of the same device and time merge into one point in InfluxDB.
+    The rows of one reading share its point time and merge into one InfluxDB point;
+    distinct readings of a device have distinct point times (``Batch.point_ns``).
     """
     prefixes = series.line_prefixes
     sids = batch.series.tolist()
     values = batch.value.tolist()
-    stamps = batch.ts_ns.tolist()
+    stamps = batch.stored_ns.tolist()
     if not batch.flags.any():
         return [f"{prefixes[s]}{v!r} {t}" for s, v, t in zip(sids, values, stamps, strict=True)]
     flags = batch.flags.tolist()

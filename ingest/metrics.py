@@ -22,6 +22,7 @@ from ingest.lineproto import escape_tag
 log = logging.getLogger(__name__)
 
 BATCH_BUCKETS = (1, 10, 100, 500, 1000, 2000, 5000, 10_000, 50_000, float("inf"))
+SESSION_LOST_REASONS = ("not_present", "taken_over")
 
 
 @dataclass(slots=True)
@@ -39,6 +40,9 @@ class IngestCounters:
     batch_sum: int = 0
     batch_buckets: list[int] = field(default_factory=lambda: [0] * len(BATCH_BUCKETS))
     dead_by_reason: Counter[str] = field(default_factory=Counter)
+    # the service's persistent MQTT session lost: "not_present" (a reconnect found no
+    # session on the broker), "taken_over" (another client connected with its client id)
+    sessions_lost: Counter[str] = field(default_factory=Counter)
 
     def observe_batch(self, messages: int) -> None:
         """Record the size (messages) of one decoded batch."""
@@ -113,6 +117,13 @@ class IngestCollector(Collector):
         for reason, n in sorted(c.dead_by_reason.items()):
             dead.add_metric([reason], n)
         yield dead
+        lost = CounterMetricFamily(
+            "lifeline_ingest_mqtt_sessions_lost",
+            "the service's persistent MQTT session lost (queued messages gone)",
+            labels=["reason"])
+        for reason in SESSION_LOST_REASONS:
+            lost.add_metric([reason], c.sessions_lost[reason])
+        yield lost
         yield CounterMetricFamily("lifeline_ingest_backpressure_seconds",
                                   "time the writer held acknowledgements (spool full)",
                                   value=w.blocked_s)
@@ -154,6 +165,8 @@ def ingest_line(counters: IngestCounters, writer: WriterStats, gauges: dict[str,
     }
     parts = [f"{k}={int(v)}i" for k, v in fields.items()]
     parts += [f"dead_{k}={int(v)}i" for k, v in sorted(counters.dead_by_reason.items())]
+    parts += [f"mqtt_session_lost_{k}={counters.sessions_lost[k]}i"
+              for k in SESSION_LOST_REASONS]
     parts += [f"{k}={float(v)!r}" for k, v in gauges.items()]
     parts.append(f"write_latency_s={writer.last_latency_s!r}")
     return f"lifeline_ingest,host={escape_tag(host)} {','.join(parts)} {ts_ns}"

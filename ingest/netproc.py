@@ -37,7 +37,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,9 @@ class ChildStatus:
     dropped_at_shutdown: int = 0
     received: int = 0
     read_holds: int = 0
+    sessions_lost: int = 0
+    sessions_taken_over: int = 0
+    sessions_kept: int = 0
 
 
 class _BatchSink:
@@ -102,7 +105,8 @@ class _BatchSink:
 def _status(sub: MqttSubscriber, sink: _BatchSink) -> ChildStatus:
     return ChildStatus(sub.connected, sub.connects, sub.session, sub.subscribed.is_set(),
                        sub.acked, sub.stale_acks, sub.deferred, sub.dropped_at_shutdown,
-                       sink.received, sub.read_holds)
+                       sink.received, sub.read_holds, sub.sessions_lost,
+                       sub.sessions_taken_over, sub.sessions_kept)
 
 
 def child_main(data: Connection, control: Connection) -> None:
@@ -259,6 +263,21 @@ class ProcessSubscriber:
         return self._base.read_holds + self.status.read_holds
 
     @property
+    def sessions_lost(self) -> int:
+        """Connects that expected the persistent session on the broker and found none."""
+        return self._base.sessions_lost + self.status.sessions_lost
+
+    @property
+    def sessions_taken_over(self) -> int:
+        """Disconnects because another client connected with the service's client id."""
+        return self._base.sessions_taken_over + self.status.sessions_taken_over
+
+    @property
+    def sessions_kept(self) -> int:
+        """Connects that expected the persistent session and found it."""
+        return self._base.sessions_kept + self.status.sessions_kept
+
+    @property
     def pid(self) -> int | None:
         """Process id of the network process."""
         return self._process.pid if self._process is not None else None
@@ -356,7 +375,12 @@ class ProcessSubscriber:
         code = self._wait_child(5)
         log.error("MQTT network process exited (code %s); starting it again", code)
         self._base = ChildStatus(connects=self.connects, acked=self.acked,
-                                 stale_acks=self.stale_acks, read_holds=self.read_holds)
+                                 stale_acks=self.stale_acks, read_holds=self.read_holds,
+                                 sessions_lost=self.sessions_lost,
+                                 sessions_taken_over=self.sessions_taken_over,
+                                 sessions_kept=self.sessions_kept)
+        if self.connects:  # an earlier connection made the session: the new one must find it
+            self.options = replace(self.options, expect_session=True)
         self.status = ChildStatus()
         self.subscribed.clear()
         self.restarts += 1

@@ -26,6 +26,7 @@ _SESSIONS = [itertools.count(1)]  # a holder: a network process renumbers it
 # password, not authorized, banned, bad authentication method (MQTT 5 codes; paho maps
 # the 3.1.1 return codes onto them).
 _NOT_RETRYABLE = frozenset({0x85, 0x86, 0x87, 0x8A, 0x8C})
+_SESSION_TAKEN_OVER = 0x8E  # MQTT 5 DISCONNECT: another client connected with our client id
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +51,8 @@ class MqttOptions:
     reconnect_max_s: float = 30.0
     manual_ack: bool = True  # acknowledge QoS 1/2 only once stored, spooled or dead-lettered
     buffered_reads: bool = True  # ingest.mqttsocket.FastClient: buffered reads, light decode
+    expect_session: bool = False  # the broker should hold our session (made by an earlier
+    # connection of this service): a first CONNACK without it counts as a lost session
 
 
 class MessageSink(Protocol):
@@ -107,6 +110,15 @@ class MqttSubscriber:
         self.deferred = 0  # QoS 1/2 messages left unacknowledged while paused (redelivered)
         self.dropped_at_shutdown = 0
         self.stale_acks = 0  # acks skipped: the connection they belong to is gone
+        # persistent session: a reconnect must find it on the broker ("session present")
+        self.persistent = not options.clean_start and (
+            options.session_expiry_s > 0 or not self._v5)
+        self._expect_session = options.expect_session and self.persistent
+        self.sessions_lost = 0  # connects that expected the session and found none
+        self.sessions_taken_over = 0  # disconnected: another client took our client id
+        self.sessions_kept = 0  # connects that expected the session and found it
+        self._disconnected_at: float | None = None
+        self._disconnect_reason = ""
         self.client.max_queued_messages_set(0)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -247,11 +259,33 @@ class MqttSubscriber:
         self._connack.set()
         self.connects += 1
         self.session = next(_SESSIONS[0])
-        log.info(
-            "MQTT connected to %s:%d (session present: %s)",
-            self.options.host, self.options.port, getattr(flags, "session_present", None),
-        )
+        present = bool(getattr(flags, "session_present", False))
+        log.info("MQTT connected to %s:%d (session present: %s)",
+                 self.options.host, self.options.port, present)
+        if self._expect_session:
+            if present:
+                self.sessions_kept += 1
+            else:
+                self.sessions_lost += 1
+                self._warn_session_lost()
+        self._expect_session = self.persistent
         client.subscribe([(t, self.options.qos) for t in self.topics])
+
+    def _warn_session_lost(self) -> None:
+        opts = self.options
+        away = ""
+        if self._disconnected_at is not None:
+            gone = time.monotonic() - self._disconnected_at
+            away = f"; disconnected {gone:.1f}s before ({self._disconnect_reason or 'no reason'})"
+            if self._v5 and gone >= opts.session_expiry_s:
+                away += ", longer than mqtt.session_expiry: the broker let it expire"
+        log.warning(
+            "MQTT session lost: broker %s:%d accepted client id %r (user %r) without the "
+            "persistent session it held (lost sessions: %d%s); messages it had queued for "
+            "the service are gone. Causes: another client connected with this client id "
+            "(bind client ids to credentials: use_username_as_clientid true, see `lifeline "
+            "devices mqtt-acl`), or the broker restarted without its persistence file",
+            opts.host, opts.port, opts.client_id, opts.username, self.sessions_lost, away)
 
     def _on_subscribe(
         self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any
@@ -268,7 +302,18 @@ class MqttSubscriber:
         self.connected = False
         self.session = 0  # acks of that connection are void: the broker redelivers
         self.subscribed.clear()
-        if reason.is_failure:
+        self._disconnected_at = time.monotonic()
+        self._disconnect_reason = str(reason)
+        if getattr(reason, "value", 0) == _SESSION_TAKEN_OVER:
+            self.sessions_taken_over += 1
+            log.warning(
+                "MQTT session taken over: broker %s:%d disconnected client id %r (user %r) "
+                "because another client connected with the same client id (takeovers: %d); "
+                "what it had queued for the service may be lost. Bind client ids to "
+                "credentials (use_username_as_clientid true, see `lifeline devices mqtt-acl`)",
+                self.options.host, self.options.port, self.options.client_id,
+                self.options.username, self.sessions_taken_over)
+        elif reason.is_failure:
             log.warning("MQTT disconnected: %s; reconnecting", reason)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:

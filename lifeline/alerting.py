@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine
 
 from alerts.cases import CaseBook
 from alerts.errors import AlertsError
-from alerts.kpi import KpiScope, compute, kpi_lines
+from alerts.kpi import period_lines
 from alerts.model import AlertConfig, CaseConfig, Route, StageDeadlines
 from alerts.noise import DeviceStateView
 from alerts.outbox import DeliveryConfig, OutboxWorker
@@ -202,12 +202,9 @@ class AlertsRuntime:
             self.wake()
 
     def write_kpis(self) -> None:
-        """Write ``lifeline_kpi`` lines for the KPI period up to now."""
-        now = time.time_ns()
-        lines: list[str] = []
-        for scope in KpiScope:
-            lines += kpi_lines(compute(self.pipeline.engine, now - self._kpi_period_ns, now + 1,
-                                       scope), now)
+        """Write ``lifeline_kpi`` lines for the KPI period up to now (the period
+        ``/api/v1/kpi`` answers for without ``start`` and ``end``)."""
+        lines = period_lines(self.pipeline.engine, time.time_ns(), self._kpi_period_ns)
         if lines:
             self._write_lines(lines)
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import uvicorn
 from fastapi import Depends, FastAPI
+from prometheus_client import CollectorRegistry
 from sqlalchemy.engine import Engine
 
 from lifeline.api import alerts as alerts_api
@@ -21,6 +22,7 @@ from lifeline.api import rules as rules_api
 from lifeline.api import schema as schema_api
 from lifeline.api.limits import BodyLimitMiddleware
 from lifeline.auth import TokenStore
+from lifeline.metrics import StateCollector
 from lifeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -38,13 +40,17 @@ AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
 def create_app(settings: Settings, engine: Engine,
                ready_checks: dict[str, ReadyCheck] | None = None) -> FastAPI:
     """The API app; ``ready_checks`` feed ``/readyz``."""
-    # No open /docs, /redoc or /openapi.json: only /healthz and /readyz are open.
+    # /docs, /redoc and /openapi.json need a viewer token (lifeline.api.schema): only
+    # /healthz and /readyz are open.
     app = FastAPI(title="citylifeline", version="0.1.0", openapi_url=None, docs_url=None,
                   redoc_url=None, dependencies=[Depends(schema_api.reject_unknown_query)])
     app.state.settings = settings
     app.state.engine = engine
     app.state.tokens = TokenStore(settings.api.tokens)
     app.state.ready_checks = dict(ready_checks or {})
+    # the app's own metrics (database state; the service adds its runtime figures)
+    app.state.metrics_registry = CollectorRegistry(auto_describe=False)
+    app.state.metrics_registry.register(StateCollector(engine))
     app.include_router(health.router)
     app.include_router(devices_api.router, responses=AUTH_ERRORS)
     app.include_router(ingest_api.router, responses=AUTH_ERRORS)

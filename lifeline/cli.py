@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 
 from lifeline.commands import (
     backtest,
@@ -23,9 +24,18 @@ from lifeline.commands import (
 )
 from lifeline.commands.common import CommandError
 from lifeline.logs import setup_logging
+from lifeline.redaction import mask_urls
 
 COMMANDS = (serve, simulate, demo, config, services, dlq, token, bench, devices, backtest,
             dashboards, report, evaluate)
+
+
+def version() -> str:
+    """The installed package's version."""
+    try:
+        return metadata.version("citylifeline")
+    except metadata.PackageNotFoundError:  # running from a source tree that is not installed
+        return "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lifeline", description="citylifeline: city lifeline telemetry and alerts"
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     parser.add_argument("--config",
                         help="settings file (default: $LIFELINE_CONFIG, ./lifeline.toml)")
     parser.add_argument("--log-level", default=None,
@@ -53,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except CommandError as exc:
-        print(f"lifeline {args.command}: {exc}", file=sys.stderr)
+        print(mask_urls(f"lifeline {args.command}: {exc}"), file=sys.stderr)
         return exc.code
     except KeyboardInterrupt:
         return 130

@@ -36,6 +36,7 @@ from lifeline.auth import new_token, token_digest
 from lifeline.errors import LifelineError
 from lifeline.evaluate import EvaluationSetup, is_process_finding
 from lifeline.harness import Harness, HarnessError, free_port
+from lifeline.progress import Progress
 from lifeline.receiver import ReceivedEvent, WebhookReceiver
 from lifeline.settings import Settings
 from rules.loader import load_rules
@@ -174,9 +175,16 @@ def evaluate_online(scenario: Scenario, settings: Settings, setup: EvaluationSet
                 raise OnlineError(f"lifeline serve did not start; see {serve_log}:\n"
                                   + serve_log.read_text("utf-8", "replace")[-2000:])
             publish_started = time.monotonic()
-            stats = run_fleet(run, RunnerOptions(port=mqtt.port, prefix=PREFIX,
-                                                 speed=opts.speed, mode=opts.mode),
-                              hooks=outage_hooks(run, harness))
+            progress = Progress(f"evaluate {scenario.name}", run.end_s - run.start_s,
+                                unit="simulated s")
+            try:
+                stats = run_fleet(run, RunnerOptions(port=mqtt.port, prefix=PREFIX,
+                                                     speed=opts.speed, mode=opts.mode),
+                                  hooks=outage_hooks(run, harness),
+                                  progress=lambda st, now: progress.update(
+                                      now - run.start_s, f"{st.messages:,} messages"))
+            finally:
+                progress.close()
             publish_s = time.monotonic() - publish_started
             api = f"http://127.0.0.1:{api_port}"
             taken = _wait(lambda: _received(api, token) >= stats.messages, opts.settle_s)

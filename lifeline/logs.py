@@ -9,33 +9,27 @@ from typing import Any
 
 import orjson
 
-REDACTED = "********"
+from lifeline.redaction import Redactor
+
 # Context that call sites pass with ``extra=`` and JSON logs carry as fields.
 CONTEXT_KEYS = ("device", "rule", "case", "delivery", "topic")
 
 
 class RedactingFilter(logging.Filter):
-    """Replaces every known secret in a record's message and arguments."""
+    """Masks every known secret and URL credential in a record's message and traceback."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
         super().__init__()
-        # Short values would redact ordinary words; settings refuse short secrets anyway.
-        self.secrets = sorted({s for s in secrets if len(s) >= 6}, key=len, reverse=True)
-
-    def _clean(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, REDACTED)
-        return text
+        self._redact = Redactor(secrets)
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Rewrite the record in place; never drops it."""
-        if self.secrets:
-            record.msg = self._clean(record.getMessage())
-            record.args = None
-            if record.exc_info and not record.exc_text:
-                record.exc_text = logging.Formatter().formatException(record.exc_info)
-            if record.exc_text:
-                record.exc_text = self._clean(record.exc_text)
+        record.msg = self._redact(record.getMessage())
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self._redact(record.exc_text)
         return True
 
 

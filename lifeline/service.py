@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -34,6 +34,8 @@ from lifeline.dashboard_feed import DeviceInfoFeed, service_metrics_line
 from lifeline.db import open_database
 from lifeline.device_status import DeviceMonitor
 from lifeline.errors import LifelineError
+from lifeline.metrics import RuntimeCollector, rule_evaluation_histogram
+from lifeline.mqtt_session import SessionWatch
 from lifeline.settings import Settings
 from rules.engine import RuleEngine
 from rules.errors import RulesError
@@ -107,6 +109,7 @@ class Service:
         )
         self.rules = load_rules(settings.rules.paths)
         self.engine = RuleEngine(self.rules, self.series, timezone=settings.rules.timezone)
+        self.rule_evaluation = rule_evaluation_histogram()  # /metrics
         self.rules_state = (settings.run_dir / settings.rules.state_file
                             if settings.rules.state_file else None)
         self._rules_reload = threading.Event()
@@ -115,7 +118,8 @@ class Service:
         # event clock: the connect (subscriber.connects) whose readings have moved the clock
         self._heard_on_connect = 0
         self._restore_rule_state()
-        self.dead_letters = DeadLetterStore(self.db, max_rows=ing.dlq_max_rows)
+        self.dead_letters = DeadLetterStore(self.db, max_rows=ing.dlq_max_rows,
+                                            max_payload=ing.max_payload_bytes)
         inf = settings.influx
         self.transport: InfluxV1Transport | InfluxV2Transport
         if inf.version == 2:
@@ -145,9 +149,14 @@ class Service:
         self.alerts.use_device_state(TrackerStateView(self.devices.tracker))  # inhibition
         self.device_info = DeviceInfoFeed(self.registry.__iter__, self.writer.submit)
         self.buffer = RawBuffer(wake_at=ing.batch_messages, limit=ing.raw_buffer_max)
+        options = mqtt_options(settings)
+        # the persistent session: lost → counted, warned, service alert (and across restarts)
+        self.session_watch = SessionWatch(options, settings.run_dir, self.ingest,
+                                          self.alerts.process, self.clock.now_ns)
+        options = replace(options, expect_session=self.session_watch.expected_at_start())
         subscriber_class = ProcessSubscriber if settings.mqtt.network_process else MqttSubscriber
         self.subscriber: MqttSubscriber | ProcessSubscriber = subscriber_class(
-            mqtt_options(settings),
+            options,
             [self.scheme.subscription(kind) for kind in TopicKind],
             self.buffer,
         )
@@ -209,6 +218,8 @@ class Service:
             app.state.outbox_wake = self.alerts.wake
             app.state.rule_engine = self.engine  # GET /api/v1/rules
             app.state.rules_reload = self.reload_rules  # POST /api/v1/rules/reload
+            app.state.metrics_registry.register(
+                RuntimeCollector(self.rule_evaluation, self.alerts.worker))
             self.api = ApiServer(app, self.settings.api.host, self.settings.api.port)
             self.api.start()
 
@@ -293,7 +304,9 @@ class Service:
         self.clock.observe(result.batch.ts_ns)
         if replayed is None and len(result.batch):
             self._heard_on_connect = connects
+        started = time.perf_counter()
         findings = self.engine.evaluate(result.batch)
+        self.rule_evaluation.labels("batch").observe(time.perf_counter() - started)
         self.stats.findings += len(findings)
         if findings:
             self.alerts.process(findings)
@@ -319,6 +332,7 @@ class Service:
                                               self.subscriber.connects, self.clock.now_ns())
             if tick_findings:
                 self.alerts.process(tick_findings)
+            self.session_watch.check(self.subscriber)
             self.rules_housekeeping(now)
             if now - last_metrics >= metrics_every:
                 last_metrics = now
@@ -367,7 +381,9 @@ class Service:
         if (now - self._rules_tick_at >= tick_ns / 1e9
                 or (self.clock.event and event_ns - self._rules_tick_event_ns >= tick_ns)):
             self._rules_tick_at, self._rules_tick_event_ns = now, event_ns
+            started = time.perf_counter()
             findings = self.engine.tick(event_ns)
+            self.rule_evaluation.labels("tick").observe(time.perf_counter() - started)
             self.stats.findings += len(findings)
             if findings:
                 self.alerts.process(findings)
@@ -450,9 +466,12 @@ class Service:
         self.devices.flush()
         self.alerts.stop()  # last clock tick, then webhooks that are due (bounded wait)
         self.writer.stop()
+        if self.subscriber.connected:  # the session stays on the broker for the next run
+            self.session_watch.record()
         self.subscriber.stop()
         self.metrics.unregister()
         self.transport.close()
+        self.dead_letters.log_limiter.close()  # what the last window suppressed
         log.info("stopped: received=%d stored=%d dead=%d findings=%d",
                  self.stats.received, self.stats.stored_lines, self.stats.dead_lettered,
                  self.stats.findings)

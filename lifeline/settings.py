@@ -6,12 +6,14 @@ Precedence: explicit values > environment > TOML file > defaults.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 import zoneinfo
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -32,6 +34,7 @@ from pydantic_settings import (
 from devices import safetoml
 from lifeline.clock import parse_instant_ns
 from lifeline.errors import ConfigError
+from lifeline.redaction import REDACTED, mask_urls
 from rules.model import parse_duration_ns
 
 CONFIG_ENV = "LIFELINE_CONFIG"
@@ -228,7 +231,7 @@ class WebhookSettings(_Section):
     url: str = ""
     secret: SecretStr = SecretStr("")
     timeout: float = Field(default=5.0, gt=0, le=120)
-    max_attempts: int = Field(default=10, ge=1, le=1000)
+    max_attempts: int = Field(default=0, ge=0, le=1000)  # 0: retry until max_age
     max_age: str = "24h"
     base_delay: float = Field(default=0.5, gt=0, le=600)
     max_delay: float = Field(default=300.0, gt=0, le=86400)
@@ -397,13 +400,25 @@ class GrafanaSettings(_Section):
     datasource_uid: str = Field(default="lifeline-influxdb", pattern=r"^[A-Za-z0-9_-]{1,40}$")
     timezone: str = "Asia/Shanghai"
     timeout: float = Field(default=10.0, gt=0, le=300)
+    # data links from dashboard tables: the lifeline API as duty staff's browsers reach it
+    # (default http://<api.host>:<api.port>), and a case's page in the dispatch system
+    # ("{case_id}" = lifeline's case id; default: the API's /api/v1/cases/{case_id})
+    api_url: str = ""
+    case_url: str = Field(default="", max_length=1000)
 
-    @field_validator("url")
+    @field_validator("url", "api_url")
     @classmethod
     def _url(cls, v: str) -> str:
         if v and not v.startswith(("http://", "https://")):
             raise ValueError("must be empty or start with http:// or https://")
         return v.rstrip("/")
+
+    @field_validator("case_url")
+    @classmethod
+    def _case_url(cls, v: str) -> str:
+        if v and (not v.startswith(("http://", "https://")) or "{case_id}" not in v):
+            raise ValueError("must be empty or an http(s) URL containing {case_id}")
+        return v
 
     @field_validator("timezone")
     @classmethod
@@ -522,7 +537,8 @@ def _describe(exc: ValidationError, path: Path | None) -> str:
         key = ".".join(str(p) for p in err["loc"]) or "settings"
         msg = err["msg"].removeprefix("Value error, ")
         got = err.get("input")
-        shown = "" if isinstance(got, dict) or err["type"] == "missing" else f" (got {got!r})"
+        shown = ("" if isinstance(got, dict) or err["type"] == "missing"
+                 else f" (got {mask_urls(repr(got))})")
         if "secret" in key or "password" in key or "token" in key:
             shown = ""
         lines.append(f"  {key}: {msg}{shown}")
@@ -538,7 +554,12 @@ def masked(settings: Settings) -> dict[str, Any]:
         if isinstance(node, dict):
             return {k: walk(v, getattr(model, k, None)) for k, v in node.items()}
         if isinstance(model, SecretStr):
-            return "********" if model.get_secret_value() else ""
+            return REDACTED if model.get_secret_value() else ""
+        if isinstance(node, str):
+            return mask_urls(node)
+        if isinstance(node, list):
+            models = model if isinstance(model, list) else [None] * len(node)
+            return [walk(item, m) for item, m in zip(node, models, strict=False)]
         return node
 
     result: dict[str, Any] = walk(data, settings)
@@ -562,4 +583,45 @@ def secret_values(settings: BaseModel) -> list[str]:
                         walk(item)
 
     walk(settings)
+    return found
+
+
+def _loopback(host: str) -> bool:
+    host = host.strip("[]").lower()
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _plain_http_to_remote(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme == "http" and not _loopback(parts.hostname or "")
+
+
+def risky_settings(settings: Settings) -> list[str]:
+    """Legal but risky choices, one sentence each, for a warning at start-up."""
+    found: list[str] = []
+    for key in ("url", "fallback_url"):
+        url = getattr(settings.webhook, key)
+        if url and _plain_http_to_remote(url):
+            found.append(f"webhook.{key} is plain http:// to another host: the signature protects "
+                         "integrity, but case details and addresses travel unencrypted")
+    api = settings.api
+    if api.enabled and not _loopback(api.host):
+        found.append(f"api.host {api.host} is not a loopback address: the API serves plain HTTP, "
+                     "so bearer tokens cross the network in clear unless a TLS proxy is in front")
+    mqtt = settings.mqtt
+    if (mqtt.username or mqtt.password.get_secret_value()) and not mqtt.tls \
+            and not _loopback(mqtt.host):
+        found.append(f"mqtt credentials are sent to {mqtt.host} without TLS (mqtt.tls = false)")
+    inf = settings.influx
+    if (inf.password.get_secret_value() or inf.token.get_secret_value()) \
+            and _plain_http_to_remote(inf.url):
+        found.append("influx credentials are sent over plain http:// to another host")
+    graf = settings.grafana
+    if graf.token.get_secret_value() and graf.url and _plain_http_to_remote(graf.url):
+        found.append("grafana.token is sent over plain http:// to another host")
     return found

@@ -1,8 +1,9 @@
 """A simulated dispatch system (城管 case system): receives the service's webhooks,
 verifies their signatures, de-duplicates on the delivery id, and drives each dispatched
 case through accept → handled after configurable delays — with some returns (退回) and
-some late handling — by calling back ``POST /api/v1/cases/{id}/actions`` signed with the
-shared secret and with an idempotency key.
+some late handling — by calling back ``POST /api/v1/cases/{id}/actions`` with an
+idempotency key, signed with the shared secret in the v2 callback scheme (implemented here
+from the documented canonical string, as a dispatch vendor would).
 """
 
 from __future__ import annotations
@@ -25,8 +26,16 @@ log = logging.getLogger(__name__)
 
 
 def _sign(secret: str, timestamp: str, body: bytes) -> str:
+    """v1, the service's webhooks: HMAC-SHA256 over ``"{timestamp}.{body}"``."""
     mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
     return "sha256=" + mac.hexdigest()
+
+
+def sign_callback(secret: str, path: str, key: str, timestamp: str, body: bytes) -> str:
+    r"""v2, callbacks: HMAC-SHA256 over ``"v2\nPOST\n{path}\n{key}\n{timestamp}\n"``
+    and the body bytes."""
+    head = f"v2\nPOST\n{path}\n{key}\n{timestamp}\n".encode()
+    return "v2=" + hmac.new(secret.encode(), head + body, hashlib.sha256).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,14 +223,14 @@ class DispatchSimulator:
         body = orjson.dumps({"action": action, "actor": "sim-unit",
                              "external_id": f"CG-{case_id:06d}",
                              "note": f"simulated {action}"})
+        path = f"/api/v1/cases/{case_id}/actions"
         for attempt in range(5):
-            ts = str(int(time.time()))
+            ts = str(int(time.time()))  # signed anew on every attempt
             headers = {"Content-Type": "application/json", "Idempotency-Key": key,
                        "X-Lifeline-Timestamp": ts,
-                       "X-Lifeline-Signature": _sign(self.secret, ts, body)}
+                       "X-Lifeline-Signature": sign_callback(self.secret, path, key, ts, body)}
             try:
-                resp = self._http.post(f"{self.api_url}/api/v1/cases/{case_id}/actions",
-                                       content=body, headers=headers)
+                resp = self._http.post(f"{self.api_url}{path}", content=body, headers=headers)
             except httpx.HTTPError as exc:
                 log.debug("dispatch callback %s case %d failed: %s", action, case_id, exc)
                 if self._stopping(0.5 * 2 ** attempt):

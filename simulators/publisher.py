@@ -6,6 +6,7 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import orjson
@@ -56,6 +57,8 @@ class Publisher:
         self.plan = plan
         self.result = SimulationResult()
         self.stop_event = threading.Event()
+        # called every few milliseconds with the result so far and the seconds elapsed
+        self.progress: Callable[[SimulationResult, float], None] | None = None
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                                    protocol=MQTTProtocolVersion.MQTTv311)
         self._client.max_inflight_messages_set(1000)
@@ -106,6 +109,8 @@ class Publisher:
                         infos.append(self._client.publish(topic, bad, qos=plan.qos))
                         self.result.malformed += 1
                 self.result.messages = sent
+                if self.progress is not None:
+                    self.progress(self.result, elapsed)
                 if len(infos) > 10_000:
                     infos = [i for i in infos if not i.is_published()]
                 time.sleep(0.005)

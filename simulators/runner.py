@@ -35,6 +35,9 @@ from devices.topics import TopicKind, TopicScheme
 from simulators.stream import CityRun, SimMessage
 
 log = logging.getLogger(__name__)
+# Called about every PROGRESS_S wall seconds with the stats and the simulated time reached.
+ProgressFn = Callable[["RunnerStats", float], None]
+PROGRESS_S = 0.5
 # aiomqtt warns on every burst of pending publishes; a fleet has thousands by design.
 _mqtt_log = logging.getLogger(f"{__name__}.mqtt")
 _mqtt_log.setLevel(logging.ERROR)
@@ -77,8 +80,11 @@ class FleetRunner:
     """Publishes a :class:`CityRun`'s messages through aiomqtt clients."""
 
     def __init__(self, run: CityRun, options: RunnerOptions,
-                 hooks: Sequence[tuple[float, Callable[[], None]]] = ()) -> None:
+                 hooks: Sequence[tuple[float, Callable[[], None]]] = (),
+                 progress: ProgressFn | None = None) -> None:
         self.run = run
+        self.progress = progress
+        self.sim_now_s = run.start_s  # simulated time of the message being published
         self.options = options
         self._hooks = sorted(hooks, key=lambda h: h[0])
         self._gateway: aiomqtt.Client | None = None
@@ -152,6 +158,8 @@ class FleetRunner:
             log.info("fleet connected: %d connections in %.1fs", self.stats.connected,
                      time.monotonic() - started)
             wall0 = time.monotonic()
+            if self.progress is not None:
+                outer.push_async_callback(_cancel, asyncio.ensure_future(self._report()))
             buffers: dict[str, list[SimMessage]] = defaultdict(list)
             last_flush = self.run.start_s
             hooks = list(self._hooks)
@@ -159,6 +167,7 @@ class FleetRunner:
                 for msg in chunk:
                     if stop.is_set():
                         break
+                    self.sim_now_s = msg.send_s
                     while hooks and hooks[0][0] <= msg.send_s:
                         if gateway is not None:
                             self._flush_gateway(gateway, buffers)
@@ -197,6 +206,12 @@ class FleetRunner:
                     await self._gateway.__aexit__(None, None, None)
             self.stats.elapsed_s = time.monotonic() - started
         return self.stats
+
+    async def _report(self) -> None:
+        assert self.progress is not None
+        while True:
+            await asyncio.sleep(PROGRESS_S)
+            self.progress(self.stats, self.sim_now_s)
 
     async def _hook(self, hook: tuple[float, Callable[[], None]], wall0: float) -> None:
         """Run a hook at its simulated time (in a thread: it may block, e.g. on a broker)."""
@@ -320,10 +335,18 @@ class FleetRunner:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
 
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 def run_fleet(run: CityRun, options: RunnerOptions,
-              hooks: Sequence[tuple[float, Callable[[], None]]] = ()) -> RunnerStats:
-    """Run the fleet to the end of the scenario (blocking); ``hooks`` at simulated times."""
-    return asyncio.run(FleetRunner(run, options, hooks).run_async())
+              hooks: Sequence[tuple[float, Callable[[], None]]] = (),
+              progress: ProgressFn | None = None) -> RunnerStats:
+    """Run the fleet to the end of the scenario (blocking); ``hooks`` at simulated times,
+    ``progress`` now and then (e.g. a :class:`lifeline.progress.Progress` on stderr)."""
+    return asyncio.run(FleetRunner(run, options, hooks, progress).run_async())
 
 
 def stats_json(stats: RunnerStats) -> bytes:

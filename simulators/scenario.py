@@ -200,3 +200,29 @@ def builtin_scenario(name: str) -> Path:
         known = sorted(p.stem for p in builtin_scenarios_dir().glob("*.toml"))
         raise ScenarioError(f"no shipped scenario {name!r}; known: {', '.join(known)}")
     return path
+
+
+def live_start(duration_s: float, speed: float, now_s: float) -> float:
+    """Start of a scenario re-based for a live (wall-clock) service.
+
+    At ``speed`` 1 the scenario starts now and every reading is stamped as it is
+    sent. Faster (or ``speed`` 0: as fast as possible) the simulated clock runs
+    ahead of the wall clock, so the start is moved back until the last reading is
+    stamped when it is sent: no reading is stamped in the future. Slower, it starts
+    now and the readings fall behind the wall clock.
+    """
+    if speed == 0:
+        return now_s - duration_s
+    if speed > 1:
+        return now_s - duration_s * (1 - 1 / speed)
+    return now_s
+
+
+def stamp_offsets(start_s: float, duration_s: float, speed: float,
+                  wall_start_s: float) -> tuple[float, float]:
+    """How far readings' timestamps lie from the wall time they are sent at:
+    ``(most behind, most ahead)`` in seconds, both >= 0 (sent at ``wall_start_s``,
+    ``speed`` simulated seconds per wall second, 0: all at once)."""
+    first = start_s - wall_start_s
+    last = start_s + duration_s - (wall_start_s + (duration_s / speed if speed else 0.0))
+    return max(0.0, -min(first, last)), max(0.0, first, last)

@@ -1,18 +1,20 @@
 """``/api/v1/cases`` (filter, get with history, register, cancel, dispatch callbacks) and
 ``/api/v1/kpi``.
 
-Callbacks ``POST /api/v1/cases/{id}/actions`` are authenticated either by the webhook
-contract's HMAC (``X-Lifeline-Timestamp`` + ``X-Lifeline-Signature`` over
-``"{timestamp}.{body}"`` with the shared secret, within ``webhook.callback_window``) or by
-a bearer token with the operator role. An ``Idempotency-Key`` header (or ``key`` in the
-body) makes a repeated call return the first result without applying it again.
+Callbacks ``POST /api/v1/cases/{id}/actions`` carry exactly one credential, else 401:
+either a v2 signature (``X-Lifeline-Timestamp`` + ``X-Lifeline-Signature: v2=<hex>``, an
+HMAC with the shared secret over method, path, ``Idempotency-Key``, timestamp and body, see
+:mod:`alerts.signing`; within ``webhook.callback_window``, each signature used once) or
+``Authorization: Bearer <token>`` of the operator role. An ``Idempotency-Key`` header (or
+``key`` in the body) makes a repeated call answer the stored first answer without applying
+it again.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -23,11 +25,18 @@ from sqlalchemy.engine import Engine
 from starlette.concurrency import run_in_threadpool
 
 from alerts.cases import CaseBook
-from alerts.errors import ConflictError, IllegalTransitionError, NotFoundError
-from alerts.kpi import Kpi, KpiScope, compute
+from alerts.errors import ConflictError, IllegalTransitionError, NotFoundError, ReplayError
+from alerts.kpi import Kpi, KpiScope, compute, kpi_window
 from alerts.model import CaseState
-from alerts.ops import CaseFilter, apply_action, case_with_history, list_cases
-from alerts.signing import verify
+from alerts.ops import (
+    ActionOutcome,
+    CaseFilter,
+    SignedRequest,
+    apply_action,
+    case_with_history,
+    list_cases,
+)
+from alerts.signing import CALLBACK_SCHEME, verify_callback
 from alerts.workflow import CALLBACK_ACTIONS, Action
 from lifeline.alerting import case_config
 from lifeline.api.alerts import NS_RANGE, AlertPublic, RowId, in_ns_range
@@ -132,12 +141,16 @@ class KpiPublic(_Schema):
     reworked: int
     overdue: int
     disposal_rate: float | None = Field(description="处置率 = handled / registered")
-    on_time_rate: float | None = Field(description="按期处置率 = handled on time / handled")
+    on_time_rate: float | None = Field(
+        description="按期处置率 = handled within the handle deadline / registered")
     close_rate: float | None = Field(description="结案率 = closed / registered")
     rework_rate: float | None = Field(description="返工率 = reworked / handled")
     mean_dispatch_s: float | None
     mean_handle_s: float | None
     mean_close_s: float | None
+    p90_dispatch_s: float | None
+    p90_handle_s: float | None
+    p90_close_s: float | None
 
 
 class KpisPublic(_Schema):
@@ -200,22 +213,32 @@ def get_case_detail(case_id: RowId, engine: EngineDep, _: Viewer) -> CaseDetailP
     })
 
 
-def _run(engine: Engine, book: CaseBook, case_id: int, action: Action, actor: str,
-         body: ActionCreate | OfficerAction, key: str | None,
-         raw: bytes) -> tuple[CasePublic, bool]:
+def _apply(engine: Engine, book: CaseBook, case_id: int, action: Action, actor: str,
+           body: ActionCreate | OfficerAction, key: str | None, raw: bytes,
+           signed: SignedRequest | None = None) -> ActionOutcome:
     try:
-        case, replayed = apply_action(
+        return apply_action(
             engine, book, case_id, action, actor, time.time_ns(), note=body.note,
             external_id=getattr(body, "external_id", None), unit=body.unit, key=key,
-            request=raw)
+            request=raw, signed=signed)
     except NotFoundError as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+    except ReplayError as exc:
+        log.warning("signed callback for case %d refused: %s", case_id, exc)
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
     except (IllegalTransitionError, ConflictError) as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
     except sa.exc.IntegrityError as exc:  # the same key raced in twice
         raise HTTPException(status.HTTP_409_CONFLICT,
                             "idempotency key is being used concurrently; retry") from exc
-    return _case(case.doc()), replayed
+
+
+def _run(engine: Engine, book: CaseBook, case_id: int, action: Action, actor: str,
+         body: ActionCreate | OfficerAction, key: str | None,
+         raw: bytes) -> tuple[CasePublic, bool]:
+    outcome = _apply(engine, book, case_id, action, actor, body, key, raw)
+    doc = outcome.case.doc() if outcome.case is not None else orjson.loads(outcome.body)
+    return _case(doc), outcome.replayed
 
 
 @router.post("/cases/{case_id}/register", response_model=CasePublic,
@@ -242,46 +265,89 @@ def post_cancel(case_id: RowId, body: OfficerAction, request: Request, engine: E
     return case
 
 
-def _callback_principal(request: Request, raw: bytes, settings: Settings) -> Principal:
-    auth = request.headers.get("authorization", "")
-    if auth.lower().startswith("bearer "):
+def _unauthorized(detail: str) -> HTTPException:
+    return HTTPException(status.HTTP_401_UNAUTHORIZED, detail,
+                         headers={"WWW-Authenticate": "Bearer"})
+
+
+def _refused(case_id: int, detail: str) -> HTTPException:
+    """A refused signed callback: logged (never with its headers) and answered 401."""
+    log.warning("signed callback for case %d refused: %s", case_id, detail)
+    return _unauthorized(detail)
+
+
+def _header_key(request: Request) -> str | None:
+    """The ``Idempotency-Key`` header as UTF-8 text ("" when absent, None when it is not
+    UTF-8; Starlette hands header bytes over as latin-1)."""
+    value = request.headers.get("idempotency-key", "")
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return None
+
+
+def _callback_principal(request: Request, raw: bytes, settings: Settings,
+                        case_id: int) -> tuple[Principal, SignedRequest | None]:
+    """Who calls, by exactly one credential: a bearer token (operator role) or a v2
+    signature of this very request; 401 for none, both, or another scheme."""
+    auth = request.headers.get("authorization")
+    ts = request.headers.get("x-lifeline-timestamp")
+    sig = request.headers.get("x-lifeline-signature")
+    signs = ts is not None or sig is not None
+    if auth is None and not signs:
+        raise _unauthorized("no credential: send either Authorization: Bearer <token> or "
+                            "X-Lifeline-Timestamp and X-Lifeline-Signature")
+    if auth is not None and signs:
+        raise _refused(case_id, "two credentials: send either a bearer token or a "
+                                "signature, not both")
+    if auth is not None:
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "bearer":
+            raise _unauthorized("Authorization: only the Bearer scheme is accepted")
         store: TokenStore = request.app.state.tokens
-        principal = store.authenticate(auth[7:].strip())
+        principal = store.authenticate(token.strip()) if token.strip() else None
         if principal is None:
-            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid bearer token")
+            raise _unauthorized("invalid bearer token")
         if principal.role < Role.OPERATOR:
             raise HTTPException(status.HTTP_403_FORBIDDEN,
                                 "role viewer may not do this; operator required")
-        return principal
-    ts = request.headers.get("x-lifeline-timestamp", "")
-    sig = request.headers.get("x-lifeline-signature", "")
+        return principal, None
     secret = settings.webhook.secret.get_secret_value()
     if not ts or not sig:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED,
-                            "missing bearer token or X-Lifeline-Timestamp/-Signature")
+        raise _refused(case_id, "a signed callback needs X-Lifeline-Timestamp and "
+                                "X-Lifeline-Signature")
     if not secret:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "signed callbacks need webhook.secret")
+        raise _refused(case_id, "signed callbacks need webhook.secret")
     if not (ts.isascii() and ts.isdigit()) or len(ts) > 12:  # "²".isdigit() is True
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "X-Lifeline-Timestamp: epoch seconds")
-    window = parse_duration_ns(settings.webhook.callback_window) / 1e9
-    if abs(time.time() - int(ts)) > window:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED,
-                            "X-Lifeline-Timestamp outside the replay window")
-    if not verify(secret, ts, raw, sig):
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "bad signature")
-    return Principal("dispatch", Role.OPERATOR)
+        raise _refused(case_id, "X-Lifeline-Timestamp: epoch seconds")
+    if not sig.startswith(f"{CALLBACK_SCHEME}="):
+        raise _refused(case_id, f"X-Lifeline-Signature: callbacks are signed with the "
+                                f"{CALLBACK_SCHEME} scheme ({CALLBACK_SCHEME}=<hex>)")
+    window_ns = parse_duration_ns(settings.webhook.callback_window)
+    if abs(time.time() - int(ts)) > window_ns / 1e9:
+        raise _refused(case_id, "X-Lifeline-Timestamp outside the replay window")
+    key = _header_key(request)
+    path = f"/api/v1/cases/{case_id}/actions"
+    if key is None or not verify_callback(secret, request.method, path, key, ts, raw, sig):
+        raise _refused(case_id, "bad signature")
+    signed = SignedRequest(sig.removeprefix(f"{CALLBACK_SCHEME}="), int(ts), window_ns)
+    return Principal("dispatch", Role.OPERATOR), signed
 
 
 @router.post("/cases/{case_id}/actions", response_model=CasePublic,
-             responses={401: {}, 403: {}, 404: {}, 409: {}, 413: {}, 422: {}})
-async def post_action(case_id: RowId, request: Request, response: Response,
-                      engine: EngineDep, settings: SettingsDep) -> CasePublic:
+             responses={401: {}, 403: {}, 404: {}, 409: {}, 413: {}, 422: {}},
+             # the body is read raw (the signature covers its bytes): declared here
+             openapi_extra={"requestBody": {"required": True, "content": {
+                 "application/json": {"schema": ActionCreate.model_json_schema()}}}})
+async def post_action(case_id: RowId, request: Request, engine: EngineDep,
+                      settings: SettingsDep) -> CasePublic | Response:
     """A dispatch-system callback (accept, start, handled, return, verify, close, cancel,
-    comment) or an operator's action; idempotent on ``Idempotency-Key``."""
+    comment) or an operator's action; idempotent on ``Idempotency-Key`` (a repeat answers
+    the stored first answer with ``Idempotent-Replayed: true``)."""
     raw = await request.body()
     if len(raw) > MAX_CALLBACK_BYTES:
         raise HTTPException(413, f"callback body larger than {MAX_CALLBACK_BYTES} bytes")
-    principal = _callback_principal(request, raw, settings)
+    principal, signed = _callback_principal(request, raw, settings, case_id)
     try:
         body = ActionCreate.model_validate(orjson.loads(raw))
     except orjson.JSONDecodeError as exc:
@@ -291,35 +357,59 @@ async def post_action(case_id: RowId, request: Request, response: Response,
                             orjson.loads(exc.json(include_url=False, include_input=False))
                             ) from exc
     action = Action(body.action)
-    signed = principal.name == "dispatch" and not request.headers.get("authorization")
-    if signed and action not in CALLBACK_ACTIONS:
+    if signed is not None and action not in CALLBACK_ACTIONS:
         raise HTTPException(status.HTTP_403_FORBIDDEN,
                             f"the dispatch system may not {action.value}")
-    key = request.headers.get("idempotency-key") or body.key
+    header_key = _header_key(request)
+    if header_key is None:
+        raise HTTPException(422, "Idempotency-Key: 1-128 chars of UTF-8 text")
+    key = header_key or body.key
     if key is not None and not 1 <= len(key) <= 128:
-        raise HTTPException(422, "Idempotency-Key: 1-128 chars")
+        raise HTTPException(422, "Idempotency-Key: 1-128 chars of UTF-8 text")
     actor = f"{principal.name}:{body.actor}" if body.actor else principal.name
-    case, replayed = await run_in_threadpool(
-        _run, engine, _book(request, settings), case_id, action, actor, body, key, raw)
-    if replayed:
-        response.headers["Idempotent-Replayed"] = "true"
-    else:
+    outcome = await run_in_threadpool(
+        _apply, engine, _book(request, settings), case_id, action, actor, body, key, raw,
+        signed)
+    replayed = outcome.replayed
+    if not replayed:
         _wake(request)
     log.info("case %d callback %s by %s (key=%s replayed=%s)", case_id, action.value, actor,
              key, replayed)
-    return case
+    if replayed:
+        return Response(outcome.body, outcome.status, media_type="application/json",
+                        headers={"Idempotent-Replayed": "true"})
+    doc = outcome.case.doc() if outcome.case is not None else orjson.loads(outcome.body)
+    return _case(doc)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _epoch_ns(t: datetime) -> int:
+    """Exact epoch nanoseconds of an aware datetime (no float rounding)."""
+    return (t - _EPOCH) // timedelta(microseconds=1) * 1000
 
 
 @router.get("/kpi", response_model=KpisPublic)
-def get_kpi(engine: EngineDep, _: Viewer, start: datetime, end: datetime | None = None,
+def get_kpi(engine: EngineDep, settings: SettingsDep, _: Viewer,
+            start: datetime | None = None, end: datetime | None = None,
             by: Literal["all", "grid", "unit", "type"] = "all") -> KpisPublic:
-    """处置率, 按期处置率, 结案率, 返工率 and mean times for cases created in [start, end)."""
-    if start.tzinfo is None or (end is not None and end.tzinfo is None):
+    """处置率, 按期处置率, 结案率, 返工率 and mean / p90 times for the cases reported in
+    [start, end). Without ``end``: up to now; without ``start``: the ``cases.kpi_period``
+    before ``end`` — with neither, the same period as the latest ``lifeline_kpi`` point."""
+    if (start is not None and start.tzinfo is None) or (end is not None and end.tzinfo is None):
         raise HTTPException(422, "give times with a zone")
-    if not in_ns_range(start) or (end is not None and not in_ns_range(end)):
+    if (start is not None and not in_ns_range(start)) or (
+            end is not None and not in_ns_range(end)):
         raise HTTPException(422, f"start, end: {NS_RANGE}")
-    start_ns = int(start.timestamp() * 1e9)
-    end_ns = int(end.timestamp() * 1e9) if end else time.time_ns()
+    period_ns = parse_duration_ns(settings.cases.kpi_period)
+    if end is None:
+        start_ns, end_ns = kpi_window(time.time_ns(), period_ns)
+    else:
+        end_ns = _epoch_ns(end)
+        start_ns = end_ns - period_ns
+    if start is not None:
+        start_ns = _epoch_ns(start)
     if end_ns <= start_ns:
         raise HTTPException(422, "end must be after start")
     items: list[Kpi] = compute(engine, start_ns, end_ns, KpiScope(by))
@@ -330,7 +420,9 @@ def get_kpi(engine: EngineDep, _: Viewer, start: datetime, end: datetime | None 
                       reworked=k.reworked, overdue=k.overdue, disposal_rate=k.disposal_rate,
                       on_time_rate=k.on_time_rate, close_rate=k.close_rate,
                       rework_rate=k.rework_rate, mean_dispatch_s=k.mean_dispatch_s,
-                      mean_handle_s=k.mean_handle_s, mean_close_s=k.mean_close_s)
+                      mean_handle_s=k.mean_handle_s, mean_close_s=k.mean_close_s,
+                      p90_dispatch_s=k.p90_dispatch_s, p90_handle_s=k.p90_handle_s,
+                      p90_close_s=k.p90_close_s)
             for k in items]
     return KpisPublic(start=iso(start_ns) or "", end=iso(end_ns) or "", data=data,
                       count=len(data))

@@ -12,7 +12,7 @@ from alerts.errors import NotFoundError
 from alerts.model import Delivery, DeliveryStatus, iso
 from alerts.outbox import list_deliveries, resend
 from lifeline.api.alerts import MAX_ID, RowId
-from lifeline.api.deps import EngineDep, Operator, Viewer
+from lifeline.api.deps import Admin, EngineDep, Viewer
 
 router = APIRouter(prefix="/api/v1/deliveries", tags=["deliveries"])
 
@@ -70,7 +70,7 @@ def get_deliveries(engine: EngineDep, _: Viewer, status: DeliveryStatus | None =
 
 @router.post("/{row_id}/resend", response_model=DeliveryPublic,
              responses={404: {"description": "no such delivery"}})
-def post_resend(row_id: RowId, request: Request, engine: EngineDep, _: Operator) -> DeliveryPublic:
+def post_resend(row_id: RowId, request: Request, engine: EngineDep, _: Admin) -> DeliveryPublic:
     """Queue a delivery again, with the same delivery id."""
     try:
         d = resend(engine, row_id, time.time_ns())

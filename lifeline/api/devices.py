@@ -24,7 +24,7 @@ from devices.store import (
     DeviceNotFoundError,
     DeviceStore,
 )
-from lifeline.api.deps import EngineDep, Operator, SettingsDep, Viewer
+from lifeline.api.deps import Admin, EngineDep, SettingsDep, Viewer
 from lifeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -249,7 +249,7 @@ def list_devices(
 @router.post("", status_code=status.HTTP_201_CREATED,
              responses={409: {"description": "the id exists"},
                         422: {"description": "invalid device"}})
-def create_device(body: DeviceCreate, _: Operator, engine: EngineDep,
+def create_device(body: DeviceCreate, _: Admin, engine: EngineDep,
                   settings: SettingsDep, request: Request) -> DevicePublic:
     """Register a device."""
     device = _validated(body.model_dump(mode="json"), _catalogue(request, settings))
@@ -270,7 +270,7 @@ MAX_IMPORT_BYTES = 64 * 1024 * 1024
                  "text/csv": {"schema": {"type": "string"}},
                  "application/json": {"schema": {"type": "array", "items": {}}}}}})
 async def import_devices(
-    _: Operator, engine: EngineDep, settings: SettingsDep, request: Request,
+    _: Admin, engine: EngineDep, settings: SettingsDep, request: Request,
     skip_invalid: bool = False,
     format: Annotated[Literal["csv", "json"] | None, Query()] = None,
 ) -> Response:
@@ -327,7 +327,7 @@ def get_device(device_id: str, _: Viewer, engine: EngineDep) -> DevicePublic:
 
 @router.patch("/{device_id}", responses={404: {"description": "no such device"},
                                          422: {"description": "invalid change"}})
-def update_device(device_id: str, body: DeviceUpdate, _: Operator, engine: EngineDep,
+def update_device(device_id: str, body: DeviceUpdate, _: Admin, engine: EngineDep,
                   settings: SettingsDep, request: Request) -> DevicePublic:
     """Change some fields of a device."""
     store = DeviceStore(engine)
@@ -345,7 +345,7 @@ def update_device(device_id: str, body: DeviceUpdate, _: Operator, engine: Engin
 
 @router.delete("/{device_id}", status_code=status.HTTP_204_NO_CONTENT,
                responses={404: {"description": "no such device"}})
-def delete_device(device_id: str, _: Operator, engine: EngineDep, request: Request) -> Response:
+def delete_device(device_id: str, _: Admin, engine: EngineDep, request: Request) -> Response:
     """Soft-delete a device (an import or create brings it back)."""
     if not valid_device_id(device_id) or not DeviceStore(engine).delete(device_id):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"device {device_id[:64]!r} not found")

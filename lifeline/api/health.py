@@ -6,9 +6,10 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from lifeline.api.deps import Viewer
+from lifeline.redaction import mask_urls
 
 router = APIRouter(tags=["health"])
 
@@ -25,7 +26,7 @@ def readyz(request: Request) -> JSONResponse:
     registered = request.app.state.ready_checks.items()
     checks: dict[str, Any] = {name: check() for name, check in registered}
     ready = all(ok for ok, _ in checks.values())
-    details = {k: {"ok": ok, "detail": d} for k, (ok, d) in checks.items()}
+    details = {k: {"ok": ok, "detail": mask_urls(str(d))} for k, (ok, d) in checks.items()}
     body = {"ready": ready, "checks": details}
     return JSONResponse(body, status_code=200 if ready else 503)
 
@@ -33,6 +34,11 @@ def readyz(request: Request) -> JSONResponse:
 @router.get("/metrics", responses={
     200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
     401: {"description": "missing or invalid bearer token"}})
-def metrics(_: Viewer) -> Response:
-    """Prometheus metrics of every component."""
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+def metrics(request: Request, _: Viewer) -> Response:
+    """Prometheus metrics of every component: the process-wide registry (ingest, process)
+    and the app's (database state, rule evaluation, webhooks)."""
+    body = generate_latest()
+    registry: CollectorRegistry | None = getattr(request.app.state, "metrics_registry", None)
+    if registry is not None:
+        body += generate_latest(registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -1,4 +1,4 @@
-"""Dead-letter API: list and show (viewer), request a replay (operator)."""
+"""Dead-letter API: list and show (viewer), request a replay (admin)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ingest.deadletter import DeadLetterStore, Reason, StoredDeadLetter
 from lifeline.api.alerts import MAX_ID, RowId
-from lifeline.api.deps import EngineDep, Operator, Viewer
+from lifeline.api.deps import Admin, EngineDep, Viewer
 
 router = APIRouter(prefix="/api/v1/dlq", tags=["dead letters"])
 
@@ -18,7 +18,12 @@ _REPLAYABLE = [r for r in Reason if r not in (Reason.WRITE_REJECTED, Reason.DLQ_
 
 
 class DeadLetterPublic(BaseModel):
-    """One dead letter. ``payload`` is UTF-8 text when it decodes, else base64."""
+    """One dead letter. ``payload`` is UTF-8 text when it decodes, else base64.
+
+    ``payload_bytes`` is what is stored, ``payload_size`` what was received; a
+    ``truncated`` letter (an oversized message, cut at ``ingest.max_payload_bytes``)
+    is never replayed.
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -30,6 +35,8 @@ class DeadLetterPublic(BaseModel):
     payload: str
     payload_encoding: Literal["utf-8", "base64"]
     payload_bytes: int
+    payload_size: int
+    truncated: bool
 
 
 class DeadLettersPublic(BaseModel):
@@ -73,7 +80,8 @@ def _public(row: StoredDeadLetter) -> DeadLetterPublic:
     return DeadLetterPublic(id=row.id, topic=dl.topic, reason=dl.reason, detail=dl.detail,
                             received_at_ns=dl.received_at_ns, payload=text,
                             payload_encoding=encoding,  # type: ignore[arg-type]
-                            payload_bytes=len(dl.payload))
+                            payload_bytes=len(dl.payload), payload_size=row.payload_size,
+                            truncated=row.truncated)
 
 
 @router.get("")
@@ -101,7 +109,7 @@ def show_dead_letter(_: Viewer, engine: EngineDep, letter_id: RowId) -> DeadLett
 
 
 @router.post("/replay", status_code=status.HTTP_202_ACCEPTED)
-def replay_dead_letters(_: Operator, engine: EngineDep,
+def replay_dead_letters(_: Admin, engine: EngineDep,
                         body: DeadLetterReplayCreate) -> DeadLetterReplayPublic:
     """Mark letters for replay through the same decoding path."""
     marked = DeadLetterStore(engine).request_replay(

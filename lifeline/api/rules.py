@@ -10,7 +10,7 @@ from fastapi import APIRouter, HTTPException, Request, status
 from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 
-from lifeline.api.deps import Operator, Viewer
+from lifeline.api.deps import Admin, Viewer
 from rules.engine import RuleEngine
 from rules.errors import RulesError
 
@@ -78,7 +78,7 @@ def list_rules(request: Request, _: Viewer) -> RulesPublic:
 @router.post("/reload", response_model=RulesReloadPublic,
              responses={UNPROCESSABLE: {"description": "a rule file is invalid; nothing changed"},
                         503: {"description": "the rule engine is not running"}})
-async def reload_rules(request: Request, principal: Operator) -> RulesReloadPublic:
+async def reload_rules(request: Request, principal: Admin) -> RulesReloadPublic:
     """Load the rule files again (like SIGHUP); unchanged rules keep their state."""
     reload: Callable[[], tuple[int, int]] | None = getattr(request.app.state, "rules_reload",
                                                             None)

@@ -1,12 +1,15 @@
-"""The OpenAPI schema (``/openapi.json`` for viewers, not an open route; error bodies
-documented as sent) and the query-parameter check of every route."""
+"""The OpenAPI schema (``/openapi.json``, ``/docs`` and ``/redoc`` for viewers, not open
+routes; error bodies documented as sent) and the query-parameter check of every route."""
 
 from __future__ import annotations
 
-from typing import Any
+from html import escape
+from typing import Any, Literal
 
+import orjson
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse
 
 from lifeline.api.deps import Viewer
 
@@ -19,6 +22,42 @@ def openapi(request: Request, _: Viewer) -> dict[str, Any]:
     """The OpenAPI schema of this API (what ``schemathesis`` and clients read)."""
     schema: dict[str, Any] = request.app.openapi()
     return schema
+
+
+# The pages carry the schema itself: the browser that opens them with a bearer token
+# (a header, e.g. from a proxy or an extension) could not fetch /openapi.json without it.
+SWAGGER_JS = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"
+SWAGGER_CSS = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css"
+REDOC_JS = "https://cdn.jsdelivr.net/npm/redoc@2/bundles/redoc.standalone.js"
+
+
+def docs_html(kind: Literal["swagger", "redoc"], schema: dict[str, Any], *, title: str) -> str:
+    """An interactive docs page (Swagger UI or ReDoc) with ``schema`` inlined."""
+    # JSON in a <script>: "<" escaped, so no text in the schema can close the element.
+    spec = orjson.dumps(schema).decode().replace("<", "\\u003c")
+    head = f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{escape(title)}</title>"
+    if kind == "swagger":
+        return (f"{head}<link rel=\"stylesheet\" href=\"{SWAGGER_CSS}\"></head><body>"
+                f"<div id=\"swagger-ui\"></div><script src=\"{SWAGGER_JS}\"></script>"
+                f"<script>SwaggerUIBundle({{spec: {spec}, dom_id: \"#swagger-ui\", "
+                f"deepLinking: true}});</script></body></html>")
+    return (f"{head}</head><body><div id=\"redoc\"></div><script src=\"{REDOC_JS}\"></script>"
+            f"<script>Redoc.init({spec}, {{}}, document.getElementById(\"redoc\"));</script>"
+            f"</body></html>")
+
+
+@router.get("/docs", include_in_schema=False)
+def swagger_docs(request: Request, _: Viewer) -> HTMLResponse:
+    """Swagger UI of this API (viewer token)."""
+    return HTMLResponse(docs_html("swagger", request.app.openapi(),
+                                  title=f"{request.app.title} API"))
+
+
+@router.get("/redoc", include_in_schema=False)
+def redoc_docs(request: Request, _: Viewer) -> HTMLResponse:
+    """ReDoc of this API (viewer token)."""
+    return HTMLResponse(docs_html("redoc", request.app.openapi(),
+                                  title=f"{request.app.title} API"))
 
 
 def install_openapi(app: FastAPI) -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 import orjson
 
 from lifeline.commands.common import settings_from
-from lifeline.settings import masked
+from lifeline.settings import masked, risky_settings
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -19,7 +20,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def check_command(args: argparse.Namespace) -> int:
-    """Validate; print the settings as JSON with secrets masked."""
+    """Validate; print the settings as JSON with secrets masked, risky choices on stderr."""
     settings = settings_from(args)
+    for warning in risky_settings(settings):
+        print(f"warning: {warning}", file=sys.stderr)
     print(orjson.dumps(masked(settings), option=orjson.OPT_INDENT_2).decode())
     return 0

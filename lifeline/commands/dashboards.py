@@ -16,6 +16,8 @@ from dashboards.push import push
 from dashboards.query import InfluxQLClient
 from dashboards.render import InfluxSource, datasource_payload, render, setup_sdk, to_json
 from dashboards.templating import TimeRange
+from devices.catalogue import Catalogue
+from devices.errors import CatalogueError
 from lifeline.commands.common import CommandError, settings_from
 from lifeline.settings import Settings
 from rules.model import parse_duration_ns
@@ -47,10 +49,23 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def grafana_target(settings: Settings) -> GrafanaTarget:
-    """Datasource, folder and time zone from the settings."""
+    """Datasource, folder, time zone, the catalogue's device types (built-in plus
+    ``devices.catalogue``) and the data links' URLs from the settings."""
     g = settings.grafana
+    catalogue = Catalogue.builtin()
+    if settings.devices.catalogue:
+        try:
+            catalogue = Catalogue.load(settings.devices.catalogue, catalogue)
+        except CatalogueError as exc:
+            raise CommandError(str(exc), code=2) from exc
+    host = settings.api.host
+    host = "localhost" if host in ("", "0.0.0.0", "::") else (  # noqa: S104 - compared
+        f"[{host}]" if ":" in host else host)
+    api_url = g.api_url or f"http://{host}:{settings.api.port}"
     return GrafanaTarget(datasource_uid=g.datasource_uid, datasource_name=g.datasource_name,
-                         folder=g.folder, timezone=g.timezone)
+                         folder=g.folder, timezone=g.timezone,
+                         device_types=tuple(catalogue.types), api_url=api_url,
+                         case_url=g.case_url)
 
 
 def influx_source(settings: Settings) -> InfluxSource:

@@ -30,7 +30,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="mark dead letters for replay: the running service decodes them again",
         description="Marks letters; `lifeline serve` takes them within a second and sends "
         "them through the same decoding path. Letters that fail again are dead-lettered anew. "
-        "Lines InfluxDB refused (write_rejected) cannot be replayed.",
+        "Lines InfluxDB refused (write_rejected) and letters whose payload was cut (an "
+        "oversized message over ingest.max_payload_bytes) cannot be replayed.",
     )
     which = rp.add_mutually_exclusive_group(required=True)
     which.add_argument("--id", type=int, action="append", dest="ids", help="repeatable")
@@ -48,8 +49,8 @@ def _store(args: argparse.Namespace) -> DeadLetterStore:
 def _as_json(row: StoredDeadLetter) -> dict[str, object]:
     dl = row.letter
     return {"id": row.id, "topic": dl.topic, "reason": dl.reason.value, "detail": dl.detail,
-            "received_at_ns": dl.received_at_ns,
-            "payload": dl.payload.decode("utf-8", "replace")}
+            "received_at_ns": dl.received_at_ns, "payload_size": row.payload_size,
+            "truncated": row.truncated, "payload": dl.payload.decode("utf-8", "replace")}
 
 
 def list_command(args: argparse.Namespace) -> int:
@@ -77,7 +78,9 @@ def show_command(args: argparse.Namespace) -> int:
     dl = row.letter
     print(f"id:          {row.id}\ntopic:       {dl.topic}\nreason:      {dl.reason.value}\n"
           f"detail:      {dl.detail}\nreceived_at: {dl.received_at_ns}\n"
-          f"payload ({len(dl.payload)} bytes):")
+          f"payload ({len(dl.payload)} bytes"
+          + (f" of {row.payload_size} received, cut: not replayable" if row.truncated else "")
+          + "):")
     try:
         print(dl.payload.decode("utf-8"))
     except UnicodeDecodeError:

@@ -15,7 +15,7 @@ from lifeline.commands.common import CommandError, settings_from
 from lifeline.db import DatabaseError
 from lifeline.logs import setup_logging
 from lifeline.service import Service, StartupError
-from lifeline.settings import secret_values
+from lifeline.settings import risky_settings, secret_values
 from rules.errors import RulesError
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,8 @@ def serve_command(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     setup_logging(args.log_level if args.log_level_given else settings.log_level,
                   settings.log_format, secret_values(settings))
+    for warning in risky_settings(settings):
+        log.warning("risky setting: %s", warning)
     try:
         service = Service(settings)
         tune_gc_for_throughput()

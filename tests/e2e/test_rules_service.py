@@ -68,7 +68,7 @@ def test_reload_keeps_state_and_state_survives_a_restart(
 ) -> None:
     db = f"rules_{uuid.uuid4().hex[:8]}"
     api_port = free_port()
-    viewer, operator = new_token(), new_token()
+    viewer, admin = new_token(), new_token()
     rules_dir = tmp_path / "rules"
     rules_dir.mkdir()
     (rules_dir / "a.toml").write_text(RULES_A)
@@ -86,11 +86,11 @@ def test_reload_keeps_state_and_state_survives_a_restart(
         "LIFELINE_API__PORT": str(api_port),
         "LIFELINE_API__TOKENS": orjson.dumps([
             {"name": "duty", "role": "viewer", "sha256": token_digest(viewer)},
-            {"name": "ops", "role": "operator", "sha256": token_digest(operator)}]).decode(),
+            {"name": "ops", "role": "admin", "sha256": token_digest(admin)}]).decode(),
     })
     api = f"http://127.0.0.1:{api_port}/api/v1/rules"
     as_viewer = {"Authorization": f"Bearer {viewer}"}
-    as_operator = {"Authorization": f"Bearer {operator}"}
+    as_admin = {"Authorization": f"Bearer {admin}"}
 
     def rules() -> dict[str, Any]:
         resp = httpx.get(api, headers=as_viewer, timeout=5)
@@ -123,10 +123,10 @@ def test_reload_keeps_state_and_state_survives_a_restart(
         assert wait_for(lambda: rules()["count"] == 3 and rules()["reloads"] == 1, 10)
         assert httpx.post(f"{api}/reload", headers=as_viewer, timeout=5).status_code == 403
         assert httpx.post(f"{api}/reload", timeout=5).status_code == 401
-        resp = httpx.post(f"{api}/reload", headers=as_operator, timeout=5)
+        resp = httpx.post(f"{api}/reload", headers=as_admin, timeout=5)
         assert resp.status_code == 200 and resp.json() == {"kept": 3, "new": 0, "count": 3}
         (rules_dir / "c.toml").write_text('[[rule]]\nid = "bad"\nmetric = "lel"\n')
-        resp = httpx.post(f"{api}/reload", headers=as_operator, timeout=5)
+        resp = httpx.post(f"{api}/reload", headers=as_admin, timeout=5)
         assert resp.status_code == 422
         assert "c.toml: rule 'bad'" in resp.json()["detail"]
         assert rules()["count"] == 3  # the running rules stay

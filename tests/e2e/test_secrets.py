@@ -20,7 +20,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from alerts.signing import sign
+from alerts.signing import sign_callback
 from lifeline.auth import new_token, token_digest
 from lifeline.harness import ManagedService
 from lifeline.receiver import WebhookReceiver
@@ -74,7 +74,7 @@ def test_no_secret_in_logs_responses_or_config_output(
         "LIFELINE_RULES__PATHS": orjson.dumps([str(rules)]).decode(),
         "LIFELINE_WEBHOOK__URL": receiver.url,
         "LIFELINE_API__PORT": str(port),
-        "LIFELINE_API__TOKENS": orjson.dumps([{"name": "ops", "role": "operator",
+        "LIFELINE_API__TOKENS": orjson.dumps([{"name": "ops", "role": "admin",
                                                "sha256": token_digest(api_token)}]).decode(),
     })
     outputs: list[str] = []
@@ -113,7 +113,8 @@ def test_no_secret_in_logs_responses_or_config_output(
             body = b'{"action": "accept"}'
             ts = str(int(time.time()))
             for sig, codes in (("sha256=00", {401}),
-                               (sign(secrets["LIFELINE_WEBHOOK__SECRET"], ts, body),
+                               (sign_callback(secrets["LIFELINE_WEBHOOK__SECRET"], "POST",
+                                             "/api/v1/cases/1/actions", "", ts, body),
                                 {200, 404, 409})):
                 resp = client.post("/api/v1/cases/1/actions", content=body, headers={
                     "X-Lifeline-Timestamp": ts, "X-Lifeline-Signature": sig})

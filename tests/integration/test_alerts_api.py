@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from alerts.model import AlertConfig
 from alerts.pipeline import AlertPipeline
-from alerts.signing import sign
+from alerts.signing import sign_callback
 from devices.model import Device
 from devices.registry import MemoryRegistry
 from lifeline.alerting import case_config
@@ -38,16 +38,19 @@ class Api:
         return {"Authorization": f"Bearer {self.tokens[role]}"}
 
     def signed(self, case_id: int, doc: Any, *, ts: int | None = None, secret: str = SECRET,
-               key: str | None = None, raw: bytes | None = None) -> Any:
+               key: str | None = None, raw: bytes | None = None,
+               extra: dict[str, str] | None = None, to: int | None = None) -> Any:
         body = raw if raw is not None else orjson.dumps(doc)
         stamp = str(int(time.time()) if ts is None else ts)
+        path = f"/api/v1/cases/{case_id}/actions"  # the case the signature is meant for
         headers = {"X-Lifeline-Timestamp": stamp,
-                   "X-Lifeline-Signature": sign(secret, stamp, body),
-                   "Content-Type": "application/json"}
+                   "X-Lifeline-Signature": sign_callback(secret, "POST", path, key or "",
+                                                         stamp, body),
+                   "Content-Type": "application/json", **(extra or {})}
         if key:
             headers["Idempotency-Key"] = key
-        return self.client.post(f"/api/v1/cases/{case_id}/actions", content=body,
-                                headers=headers)
+        return self.client.post(f"/api/v1/cases/{case_id if to is None else to}/actions",
+                                content=body, headers=headers)
 
 
 @pytest.fixture
@@ -199,6 +202,45 @@ def test_signed_callbacks_idempotency_and_replay_window(api: Api) -> None:
                            headers=api.h("viewer")).status_code == 403
 
 
+def test_signed_callback_beside_another_auth_scheme_is_refused(api: Api) -> None:
+    gas = case_ids(api)["gas-1"]
+    for scheme in ("Basic dXNlcjpwYXNz", "Token abc", f"Bearer {api.tokens['operator']}"):
+        for action in ("rework", "register", "comment"):
+            r = api.signed(gas, {"action": action}, extra={"Authorization": scheme})
+            assert r.status_code == 401, (scheme, action, r.text)
+    history = api.client.get(f"/api/v1/cases/{gas}", headers=api.h("viewer")).json()["history"]
+    assert [h["action"] for h in history].count("comment") == 0
+
+
+def test_signed_callback_replays_have_no_second_effect(api: Api) -> None:
+    ids = case_ids(api)
+    gas, other = ids["gas-1"], ids["p-1"]
+    stamp = int(time.time())
+    codes = [api.signed(gas, {"action": "return"}, ts=stamp).status_code for _ in range(3)]
+    assert codes == [200, 409, 409]
+    case = api.client.get(f"/api/v1/cases/{gas}", headers=api.h("viewer")).json()
+    assert case["return_count"] == 1
+    # the bytes signed for one case, sent to another
+    assert api.signed(gas, {"action": "comment", "note": "x"}, to=other).status_code == 401
+    history = api.client.get(f"/api/v1/cases/{other}", headers=api.h("viewer")).json()
+    assert "comment" not in [h["action"] for h in history["history"]]
+
+
+def test_idempotent_replay_answers_the_stored_first_answer(api: Api) -> None:
+    gas = case_ids(api)["gas-1"]
+    headers = {**api.h("operator"), "Idempotency-Key": "op-accept"}
+    first = api.client.post(f"/api/v1/cases/{gas}/actions", json={"action": "accept"},
+                            headers=headers)
+    assert first.json()["state"] == "in_progress"
+    handled = api.client.post(f"/api/v1/cases/{gas}/actions", json={"action": "handled"},
+                              headers=api.h("operator"))
+    assert handled.json()["state"] == "handled"
+    again = api.client.post(f"/api/v1/cases/{gas}/actions", json={"action": "accept"},
+                            headers=headers)
+    assert again.status_code == 200 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.json() == first.json()
+
+
 @pytest.mark.parametrize("raw", [
     b"not json", b"[]", b'{"action": "explode"}', b'{"action": "comment", "extra": 1}',
     b'{"action": "comment", "note": ' + b'"' + b"x" * 3000 + b'"}', b'{"action": null}',
@@ -226,11 +268,13 @@ def test_deliveries_list_and_resend(api: Api) -> None:
     assert {d["event"] for d in r["data"]} >= {"alert.firing", "case.reported",
                                                 "case.dispatched"}
     first = r["data"][-1]
+    assert api.client.post(f"/api/v1/deliveries/{first['id']}/resend",
+                           headers=api.h("operator")).status_code == 403
     resent = api.client.post(f"/api/v1/deliveries/{first['id']}/resend",
-                             headers=api.h("operator")).json()
+                             headers=api.h("admin")).json()
     assert resent["delivery_id"] == first["delivery_id"] and resent["status"] == "pending"
     assert api.client.post("/api/v1/deliveries/99999/resend",
-                           headers=api.h("operator")).status_code == 404
+                           headers=api.h("admin")).status_code == 404
     assert api.client.get("/api/v1/deliveries", params={"status": "dead"},
                           headers=api.h("viewer")).json()["count"] == 0
 
@@ -241,7 +285,8 @@ def test_kpi_route(api: Api) -> None:
     assert r.status_code == 200
     data = {k["key"]: k for k in r.json()["data"]}
     assert data["G1"]["registered"] == 1 and data["G1"]["handled"] == 0
-    assert data["G1"]["disposal_rate"] == 0.0 and data["G1"]["on_time_rate"] is None
+    assert data["G1"]["disposal_rate"] == 0.0 and data["G1"]["on_time_rate"] == 0.0
+    assert data["G1"]["rework_rate"] is None  # nothing handled: no denominator
     assert api.client.get("/api/v1/kpi", params={"start": "2030-01-01T00:00:00Z",
                                                  "end": "2020-01-01T00:00:00Z"},
                           headers=api.h("viewer")).status_code == 422

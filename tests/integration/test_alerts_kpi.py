@@ -53,7 +53,8 @@ def test_kpis_match_hand_computed_values(db_url: str) -> None:
     assert (overall.cases, overall.registered, overall.handled, overall.handled_on_time,
             overall.closed, overall.reworked) == (4, 4, 3, 2, 3, 1)
     assert overall.disposal_rate == pytest.approx(3 / 4)   # 处置率
-    assert overall.on_time_rate == pytest.approx(2 / 3)    # 按期处置率 (b was late)
+    # 按期处置率 = handled on time / should be handled (registered): b was late, d unhandled
+    assert overall.on_time_rate == pytest.approx(2 / 4)
     assert overall.close_rate == pytest.approx(3 / 4)      # 结案率
     assert overall.rework_rate == pytest.approx(1 / 3)     # 返工率
     assert overall.mean_dispatch_s == pytest.approx((120 + 300 + 300) / 3)
@@ -65,10 +66,12 @@ def test_kpis_match_hand_computed_values(db_url: str) -> None:
     assert (gas.disposal_rate, gas.on_time_rate, gas.close_rate, gas.rework_rate) == (
         1.0, 0.5, 1.0, 0.0)
     assert (water.disposal_rate, water.on_time_rate, water.close_rate, water.rework_rate) == (
-        0.5, 1.0, 0.5, 1.0)
+        0.5, 0.5, 0.5, 1.0)  # c handled on time, d not handled: 1 of 2 on time
     by_grid = {k.key: k for k in compute(p.engine, T0, T0 + 3600 * S, KpiScope.GRID)}
     assert set(by_grid) == {"G1", "G2", "W1", "W2"}  # the cancelled W3 case is not counted
-    assert by_grid["W2"].handled == 0 and by_grid["W2"].on_time_rate is None
+    # W2 (d): registered, nothing handled: 0 of 1 on time; no 返工率 without a handled case
+    assert by_grid["W2"].handled == 0 and by_grid["W2"].on_time_rate == 0.0
+    assert by_grid["W2"].rework_rate is None
     by_unit = compute(p.engine, T0, T0 + 3600 * S, KpiScope.UNIT)
     assert [(k.key, k.registered) for k in by_unit] == [("城市运行管理中心", 4)]
     # a period that holds only the first case

@@ -332,7 +332,7 @@ def test_an_hour_of_readings_oscillating_around_the_limit_notifies_once(db_url: 
     from devices.series import SeriesTable
     from ingest.batch import Batch
     from rules.engine import RuleEngine
-    from rules.model import ThresholdRule
+    from rules.kinds import ThresholdRule
 
     series = SeriesTable()
     sid = series.id_for(DEVICES[0], "lel")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -252,3 +253,82 @@ def test_cli_push_prints_changes_and_exit_codes(grafana: FakeGrafana, tmp_path: 
     assert "refused the token" in capsys.readouterr().err
     assert main(["dashboards", "push", "--token", TOKEN]) == 2
     assert "no Grafana URL" in capsys.readouterr().err
+
+
+class NotGrafana:
+    """A real local server that is not Grafana: an HTML page (200), a 404 for every path,
+    or a TCP port that accepts and closes the connection at once."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.server: ThreadingHTTPServer | None = None
+        self.sock: socket.socket | None = None
+        if mode == "close":
+            self.sock = socket.create_server(("127.0.0.1", 0))
+            self.port = int(self.sock.getsockname()[1])
+            threading.Thread(target=self._accept_and_close, daemon=True).start()
+            return
+        status, body = (200, b"<!doctype html><html><body><h1>Welcome to nginx!</h1>"
+                        b"</body></html>") if mode == "html" else (404, b"404 page not found")
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "text/html" if status == 200 else "text/plain")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                self._answer()
+
+            def do_POST(self) -> None:
+                self._answer()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self.server.server_address[1])
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _accept_and_close(self) -> None:
+        assert self.sock is not None
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            conn.close()
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+        if self.sock is not None:
+            self.sock.close()
+
+
+@pytest.mark.parametrize(("mode", "message"), [
+    ("html", "is not Grafana: GET /api/frontend/settings has no build info"),
+    ("404", "is not Grafana: GET /api/frontend/settings answered 404"),
+    ("close", "unreachable while reading its version"),
+])
+def test_push_to_a_server_that_is_not_grafana_fails_in_one_line(
+        mode: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    other = NotGrafana(mode)
+    try:
+        url = f"http://127.0.0.1:{other.port}"
+        with pytest.raises(PushError, match=message):
+            push(url, TOKEN, _boards(), folder="ops", timeout=5)
+        code = main(["dashboards", "push", "--url", url, "--token", TOKEN, "--folder", "ops"])
+    finally:
+        other.close()
+    captured = capsys.readouterr()
+    assert code == 3
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert message in lines[0] and "Traceback" not in captured.err

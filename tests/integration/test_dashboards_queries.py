@@ -16,12 +16,16 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
+from alerts.schema import alerts
 from dashboards.check import Outcome, run_dashboard, targets_of
 from dashboards.definitions import DEVICE_TYPES, all_boards
 from dashboards.query import InfluxQLClient
 from dashboards.render import setup_sdk, to_json
-from dashboards.templating import TimeRange, resolve
+from dashboards.templating import TimeRange, interpolate, resolve
+from devices.store import DeviceStore
+from lifeline.db import create_db_engine
 from lifeline.harness import ManagedService
 from lifeline.influxquery import count_values
 from lifeline.service import Service
@@ -291,3 +295,50 @@ def test_hostile_tag_values_are_matched_exactly(influxdb: ManagedService) -> Non
             top = next(o for o in got if o.target.panel == "Top devices by max %LEL")
             series = client.query(top.expanded)
             assert [row[1] for s in series for row in s.values] == [float(i + 1)], grid
+
+
+def test_overview_map_shows_every_located_device_and_every_open_alert(city: City) -> None:
+    """The geomap's three queries, joined by device as its joinByField transformation does,
+    against the truth in the service database: every device with coordinates is a marker
+    coloured by its online state, and every alert firing now is a marker on its device
+    coloured by severity (also alerts that fired before the dashboard's time range)."""
+    setup_sdk()
+    board = next(b for b in all_boards() if b.uid == "lifeline-overview")
+    data = to_json(board)
+    panel = next(p for p in data["panels"] if p["type"] == "geomap")
+    layers = panel["options"]["layers"]
+    assert [layer["type"] for layer in layers] == ["markers", "markers"]
+    assert layers[0]["config"]["style"]["color"]["field"] == "online"
+    assert layers[1]["config"]["style"]["color"]["field"] == "severity"
+    assert layers[1]["config"]["style"]["size"]["field"] == "firing"
+    assert panel["transformations"] == [{"id": "joinByField",
+                                         "options": {"byField": "device", "mode": "outer"}}]
+    # a range that starts after every alert fired: open alerts must still show
+    tr = TimeRange(city.end_ms - 60_000, city.end_ms)
+    with InfluxQLClient(city.url, city.database) as client:
+        resolved = resolve(data, client, tr)
+        frames = {t["refId"]: [r for s in client.query(interpolate(t["query"], resolved, tr))
+                               for r in s.records()] for t in panel["targets"]}
+    joined: dict[str, list[dict[str, Any]]] = {}
+    for ref in ("A", "B", "C"):  # outer join by device
+        for row in frames[ref]:
+            joined.setdefault(row["device"], []).append(row)
+    engine = create_db_engine(f"sqlite:///{city.run_dir / 'lifeline.db'}")
+    try:
+        located = {d.id for d in DeviceStore(engine).all() if d.lat is not None
+                   and d.lon is not None and d.enabled}
+        with engine.connect() as conn:
+            firing = {(str(d), str(s)) for d, s in conn.execute(
+                sa.select(alerts.c.device_id, alerts.c.severity).where(
+                    alerts.c.state == "firing"))}
+    finally:
+        engine.dispose()
+    assert located and firing, "the scenario leaves located devices and open alerts"
+    assert {r["device"] for r in frames["A"]} == located
+    assert all(r["lat"] is not None and r["lon"] is not None for r in frames["A"])
+    assert {r["device"] for r in frames["B"]} <= located
+    assert {r["online"] for r in frames["B"]} == {0, 1}  # the offline incident shows red
+    assert {(r["device"], r["severity"]) for r in frames["C"]} == firing
+    assert all(r["firing"] == 1 for r in frames["C"])
+    for device, _ in firing:  # each alert marker has its device's coordinates
+        assert any(r.get("lat") is not None for r in joined[device]), device

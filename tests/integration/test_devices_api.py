@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def api(tmp_path: Path, db_url: str, influxdb: ManagedService
         ) -> tuple[TestClient, dict[str, dict[str, str]], DeviceStore, CachedRegistry]:
-    tokens = {role: new_token() for role in ("viewer", "operator")}
+    tokens = {role: new_token() for role in ("viewer", "operator", "admin")}
     settings = load_settings(None, run_dir=tmp_path, database={"url": db_url},
                              influx={"url": influxdb.info.url, "database": "lifeline"},
                              api={"tokens": [{"name": r, "role": r, "sha256": token_digest(t)}
@@ -46,22 +46,22 @@ def test_create_get_update_delete_and_cache(api: tuple[TestClient, dict[str, dic
             "limits": {"lel": {"high": 20.0}}, "interval": "30m", "install_date": "2024-01-02"}
     assert client.post("/api/v1/devices", json=body).status_code == 401
     assert client.post("/api/v1/devices", json=body, headers=h["viewer"]).status_code == 403
-    resp = client.post("/api/v1/devices", json=body, headers=h["operator"])
+    resp = client.post("/api/v1/devices", json=body, headers=h["admin"])
     assert resp.status_code == 201, resp.text
     created = resp.json()
     assert created["interval"] == 1800.0 and created["status"]["link"] == "unknown"
     assert cache.get("gas-1") is not None
-    assert client.post("/api/v1/devices", json=body, headers=h["operator"]).status_code == 409
+    assert client.post("/api/v1/devices", json=body, headers=h["admin"]).status_code == 409
     got = client.get("/api/v1/devices/gas-1", headers=h["viewer"]).json()
     assert got["limits"] == {"lel": {"high": 20.0}} and got["district"] == "东城区"
     resp = client.patch("/api/v1/devices/gas-1", json={"grid": "DC-02", "enabled": False},
-                        headers=h["operator"])
+                        headers=h["admin"])
     assert resp.status_code == 200 and resp.json()["grid"] == "DC-02"
     assert resp.json()["tags"] == ["household"]  # untouched fields stay
     assert cache.get("gas-1") is None  # disabled: out of the hot lookup
-    assert client.delete("/api/v1/devices/gas-1", headers=h["operator"]).status_code == 204
+    assert client.delete("/api/v1/devices/gas-1", headers=h["admin"]).status_code == 204
     assert client.get("/api/v1/devices/gas-1", headers=h["viewer"]).status_code == 404
-    assert client.delete("/api/v1/devices/gas-1", headers=h["operator"]).status_code == 404
+    assert client.delete("/api/v1/devices/gas-1", headers=h["admin"]).status_code == 404
     assert store.get("gas-1", include_deleted=True) is not None  # soft
 
 
@@ -81,7 +81,7 @@ def test_invalid_bodies_are_refused_with_the_reason(
         api: tuple[TestClient, dict[str, dict[str, str]], DeviceStore, CachedRegistry],
         body: dict[str, object], fragment: str) -> None:
     client, h, store, _ = api
-    resp = client.post("/api/v1/devices", json=body, headers=h["operator"])
+    resp = client.post("/api/v1/devices", json=body, headers=h["admin"])
     assert resp.status_code == 422
     assert fragment in resp.text
     assert store.count() == 0
@@ -95,7 +95,7 @@ def test_list_filters_pagination_status_and_bulk_import(
         for i in range(30))
     bad = csv_body + "bad id,gas_alarm,G1,d,u\n"
     resp = client.post("/api/v1/devices/import", content=bad, headers={
-        **h["operator"], "Content-Type": "text/csv"})
+        **h["admin"], "Content-Type": "text/csv"})
     assert resp.status_code == 422
     assert resp.json()["problems"] == [{"where": "line 32", "id": "bad id",
                                         "reasons": [resp.json()["problems"][0]["reasons"][0]]}]
@@ -103,11 +103,11 @@ def test_list_filters_pagination_status_and_bulk_import(
     assert client.post("/api/v1/devices/import", content=csv_body,
                        headers=h["viewer"]).status_code == 403
     resp = client.post("/api/v1/devices/import?skip_invalid=true", content=bad,
-                       headers={**h["operator"], "Content-Type": "text/csv"})
+                       headers={**h["admin"], "Content-Type": "text/csv"})
     assert resp.status_code == 200 and resp.json()["created"] == 30
     assert len(cache) == 30
     json_body = [{"id": "d-000", "type": "water_pressure", "grid": "G9"}]
-    resp = client.post("/api/v1/devices/import", json=json_body, headers=h["operator"])
+    resp = client.post("/api/v1/devices/import", json=json_body, headers=h["admin"])
     assert resp.json()["updated"] == 1
     store.save_states([DeviceState("d-001", LinkStatus.OFFLINE, 1, 1, "will")])
     page = client.get("/api/v1/devices?type=gas_alarm&limit=5&offset=5",
@@ -123,9 +123,9 @@ def test_list_filters_pagination_status_and_bulk_import(
     assert client.get("/api/v1/devices?limit=0", headers=h["viewer"]).status_code == 422
     assert client.get("/api/v1/devices?status=sleepy", headers=h["viewer"]).status_code == 422
     for junk in ("[{", "{\"devices\": 3}", "\x00\x01"):
-        resp = client.post("/api/v1/devices/import", content=junk, headers=h["operator"])
+        resp = client.post("/api/v1/devices/import", content=junk, headers=h["admin"])
         assert resp.status_code == 422, junk
-    resp = client.post("/api/v1/devices/import", content=b"\xff\xfe", headers=h["operator"])
+    resp = client.post("/api/v1/devices/import", content=b"\xff\xfe", headers=h["admin"])
     assert resp.status_code == 422 and "UTF-8" in resp.text
 
 
@@ -135,7 +135,7 @@ def test_latest_readings_status_changes_and_events(
     client, h, store, _ = api
     device_id = f"lat-{time.time_ns() % 10**9}"
     assert client.post("/api/v1/devices", json={"id": device_id, "type": "gas_alarm"},
-                       headers=h["operator"]).status_code == 201
+                       headers=h["admin"]).status_code == 201
     now_ms = int(time.time() * 1000)
     lines = (f"gas_alarm,device={device_id} lel=3.5,battery=3.6 {now_ms - 2000}\n"
              f"gas_alarm,device={device_id} lel=4.25 {now_ms - 1000}\n")

@@ -279,7 +279,8 @@ def test_dead_letters_listed_shown_and_replayed_through_the_api(
     db = f"dl{uuid.uuid4().hex[:8]}"
     settings = make_settings(tmp_path, mosquitto.info.port, influxdb.info.url, db)
     tokens = [ApiToken(name="v", role="viewer", sha256=token_digest("viewer-token")),
-              ApiToken(name="o", role="operator", sha256=token_digest("operator-token"))]
+              ApiToken(name="o", role="operator", sha256=token_digest("operator-token")),
+              ApiToken(name="a", role="admin", sha256=token_digest("admin-token"))]
     now_ms = time.time_ns() // 1_000_000
     with Running(settings) as service:
         client = mqtt.Client(CallbackAPIVersion.VERSION2)
@@ -302,6 +303,7 @@ def test_dead_letters_listed_shown_and_replayed_through_the_api(
         api = TestClient(app)
         viewer = {"Authorization": "Bearer viewer-token"}
         operator = {"Authorization": "Bearer operator-token"}
+        admin = {"Authorization": "Bearer admin-token"}
         assert api.get("/api/v1/dlq").status_code == 401
         page = api.get("/api/v1/dlq", headers=viewer).json()
         assert page["count"] == 3
@@ -314,13 +316,14 @@ def test_dead_letters_listed_shown_and_replayed_through_the_api(
         newcomer = by_reason["unknown_device"]
         body = {"ids": [newcomer["id"]]}
         assert api.post("/api/v1/dlq/replay", json=body, headers=viewer).status_code == 403
-        assert api.post("/api/v1/dlq/replay", json={}, headers=operator).status_code == 422
+        assert api.post("/api/v1/dlq/replay", json=body, headers=operator).status_code == 403
+        assert api.post("/api/v1/dlq/replay", json={}, headers=admin).status_code == 422
         assert api.post("/api/v1/dlq/replay", json={"reason": "write_rejected"},
-                        headers=operator).status_code == 422
-        # The operator registers the device, then replays: the reading lands.
+                        headers=admin).status_code == 422
+        # The admin registers the device, then replays: the reading lands.
         service.device_store.create(Device("newcomer", "gas_alarm", grid="G9"))
         service.registry.invalidate("newcomer")
-        resp = api.post("/api/v1/dlq/replay", json=body, headers=operator)
+        resp = api.post("/api/v1/dlq/replay", json=body, headers=admin)
         assert resp.status_code == 202 and resp.json() == {"marked": 1}
         assert wait_for(lambda: count_values(influxdb.info.url, db, ["gas_alarm"]) == 1, 15)
         assert wait_for(lambda: service.ingest.dlq_replayed == 1, 5)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import random
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from alerts.model import Route
+from alerts.outbox import DeliveryConfig, OutboxWorker, backoff_s, give_up_after_s
+from alerts.webhook import HttpNotifier
 from lifeline.alerting import alert_config, case_config, delivery_config
 from lifeline.errors import ConfigError
 from lifeline.settings import load_settings
@@ -35,6 +40,7 @@ S = 1_000_000_000
      "webhook"),
     ({"webhook": {"url": "http://a/x", "secret": "s" * 20, "max_age": "0s"}}, "webhook.max_age"),
     ({"webhook": {"concurrency": 0}}, "webhook.concurrency"),
+    ({"webhook": {"max_attempts": -1}}, "webhook.max_attempts"),
     ({"webhook": {"base_delay": 10, "max_delay": 1}}, "webhook"),
     ({"webhook": {"callback_window": "-1s"}}, "webhook.callback_window"),
 ])
@@ -73,3 +79,31 @@ def test_settings_map_to_pipeline_configs(tmp_path: Path) -> None:
 def test_example_file_is_valid() -> None:
     s = load_settings(Path(__file__).parents[2] / "lifeline.example.toml")
     assert case_config(s).deadlines_for(Severity.CRITICAL, "gas_alarm").dispatch_ns == 300 * S
+
+
+def test_webhooks_retry_until_max_age_by_default(tmp_path: Path) -> None:
+    """By default a delivery is retried (every 2.5-5 minutes at most) until max_age; an
+    explicit max_attempts still counts, and the span it covers is known."""
+    d = delivery_config(load_settings(None, run_dir=tmp_path))
+    assert (d.max_attempts, d.max_age_ns, d.max_delay_s) == (0, 24 * 3600 * S, 300.0)
+    assert give_up_after_s(d) is None
+    ten = delivery_config(load_settings(None, run_dir=tmp_path, webhook={"max_attempts": 10}))
+    assert ten.max_attempts == 10
+    assert give_up_after_s(ten) == (127.75, 255.5)  # 2-4 minutes of outage
+    rng = random.Random(1)
+    for attempt in (1, 10, 1_000, 100_000):  # a day of retries at a small max_delay
+        assert 0.25 <= backoff_s(attempt, DeliveryConfig(), rng) <= 300.0
+    assert 150.0 <= backoff_s(100_000, DeliveryConfig(), rng) <= 300.0
+
+
+def test_a_max_attempts_that_gives_up_before_max_age_is_warned_about(
+        caplog: pytest.LogCaptureFixture) -> None:
+    engine = sa.create_engine("sqlite://")
+    notifier = HttpNotifier("http://127.0.0.1:9/hook", "s" * 20)
+    with caplog.at_level(logging.WARNING, logger="alerts.outbox"):
+        OutboxWorker(engine, notifier, config=DeliveryConfig())
+        OutboxWorker(engine, notifier, config=DeliveryConfig(max_attempts=1000))
+        OutboxWorker(engine, notifier, config=DeliveryConfig(max_attempts=10))
+    notifier.close()
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert warning.startswith("webhook.max_attempts = 10 dead-letters a delivery after 128-256 s")

@@ -26,7 +26,7 @@ IMPORT_LIMIT = 4096
 def client(tmp_path: Path) -> TestClient:
     settings = load_settings(None, run_dir=tmp_path, api={
         "max_body_bytes": BODY_LIMIT, "max_import_bytes": IMPORT_LIMIT,
-        "tokens": [{"name": "ops", "role": "operator", "sha256": token_digest(TOKEN)}]})
+        "tokens": [{"name": "ops", "role": "admin", "sha256": token_digest(TOKEN)}]})
     engine = open_database(f"sqlite:///{tmp_path / 'db.sqlite'}")
     return TestClient(create_app(settings, engine, {}), raise_server_exceptions=False)
 

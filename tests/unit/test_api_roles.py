@@ -2,8 +2,9 @@
 
 * every POST/PUT/PATCH/DELETE answers 401 without a token and 403 with a viewer token;
 * every GET but ``/healthz`` and ``/readyz`` answers 401 without a token (and with a bad one);
-* an operator passes the role check of every write route (whatever the route answers next,
-  it is not 401/403).
+* every route x role (anonymous, bad token, viewer, operator, admin) answers as the declared
+  role matrix says: 401 without a valid token, 403 below the route's role, past the check
+  at or above it; a write route missing from the matrix fails.
 """
 
 from __future__ import annotations
@@ -114,12 +115,80 @@ def test_every_write_route_refuses_viewers_and_anonymous(app: FastAPI, client: T
     assert wrong == {}, f"(anonymous, viewer, bad token) codes: {wrong}"
 
 
-def test_every_write_route_lets_an_operator_past_the_role_check(
+# The role matrix (README "Security"): the minimum role of every write route. Reads need
+# viewer, but /healthz and /readyz are open. A write route missing here fails the test.
+WRITE_ROLES: dict[tuple[str, str], str] = {
+    # duty work: alerts, silences, cases (callbacks: operator token or dispatch signature)
+    ("POST", "/api/v1/alerts/{alert_id}/ack"): "operator",
+    ("POST", "/api/v1/alerts/{alert_id}/unack"): "operator",
+    ("POST", "/api/v1/silences"): "operator",
+    ("POST", "/api/v1/silences/{silence_id}/expire"): "operator",
+    ("POST", "/api/v1/cases/{case_id}/register"): "operator",
+    ("POST", "/api/v1/cases/{case_id}/cancel"): "operator",
+    ("POST", "/api/v1/cases/{case_id}/actions"): "operator",
+    # what the service is and what it accepts: registry, rules, data and delivery replays
+    ("POST", "/api/v1/devices"): "admin",
+    ("POST", "/api/v1/devices/import"): "admin",
+    ("PATCH", "/api/v1/devices/{device_id}"): "admin",
+    ("DELETE", "/api/v1/devices/{device_id}"): "admin",
+    ("POST", "/api/v1/rules/reload"): "admin",
+    ("POST", "/api/v1/dlq/replay"): "admin",
+    ("POST", "/api/v1/deliveries/{row_id}/resend"): "admin",
+}
+RANK = {"viewer": 1, "operator": 2, "admin": 3}
+
+
+def templates(app: FastAPI) -> list[tuple[str, str]]:
+    """Every (method, path template) the app serves."""
+    return list(_walk(app.router.routes, ""))
+
+
+def required_role(method: str, template: str) -> str | None:
+    """The minimum role of a route by the matrix (None: open)."""
+    if (method, template) in OPEN_ROUTES:
+        return None
+    if method in WRITE_METHODS:
+        return WRITE_ROLES[(method, template)]
+    return "viewer"
+
+
+def test_the_role_matrix_names_every_write_route_and_no_other(app: FastAPI) -> None:
+    writes = {r for r in templates(app) if r[0] in WRITE_METHODS}
+    assert writes == set(WRITE_ROLES), (writes ^ set(WRITE_ROLES))
+
+
+def test_every_route_times_every_role_follows_the_matrix(
         app: FastAPI, client: TestClient, tokens: dict[str, str]) -> None:
-    writes = [r for r in routes(app) if r[0] in WRITE_METHODS]
-    got = {(m, p): _call(client, m, p, tokens["operator"]) for m, p in writes}
-    # 503: the rule engine is not running in this bare app (documented on the route)
-    assert {k: c for k, c in got.items() if c in (401, 403) or c in (500, 502)} == {}
+    wrong: dict[tuple[str, str, str], int] = {}
+    for method, template in templates(app):
+        path = re.sub(r"\{[^}]+\}", "1", template)
+        need = required_role(method, template)
+        for who in ("anonymous", "bad", *RANK):
+            token = {"anonymous": None, "bad": "ll_not-a-token"}.get(who, tokens.get(who))
+            code = _call(client, method, path, token)
+            if need is None:
+                ok = code not in (401, 403)
+            elif who in ("anonymous", "bad"):
+                ok = code == 401
+            elif RANK[who] < RANK[need]:
+                ok = code == 403
+            else:  # past the role check; 503: no rule engine in this bare app
+                ok = code not in (401, 403, 500, 502)
+            if not ok:
+                wrong[(method, template, who)] = code
+    assert wrong == {}
+
+
+def test_an_operator_cannot_change_what_the_service_accepts(
+        client: TestClient, tokens: dict[str, str]) -> None:
+    """The admin-only routes by name, so a loosened matrix shows up here too."""
+    op = tokens["operator"]
+    for method, path in [("POST", "/api/v1/devices"), ("POST", "/api/v1/devices/import"),
+                         ("PATCH", "/api/v1/devices/x"), ("DELETE", "/api/v1/devices/x"),
+                         ("POST", "/api/v1/rules/reload"), ("POST", "/api/v1/dlq/replay"),
+                         ("POST", "/api/v1/deliveries/1/resend")]:
+        assert _call(client, method, path, op) == 403, path
+        assert _call(client, method, path, tokens["admin"]) not in (401, 403), path
 
 
 def test_every_read_route_but_health_needs_a_token(app: FastAPI, client: TestClient,
@@ -132,9 +201,12 @@ def test_every_read_route_but_health_needs_a_token(app: FastAPI, client: TestCli
     assert {p: c for p, c in got.items() if c != (401, 401)} == {}
     for _, path in OPEN_ROUTES:
         assert client.get(path).status_code == 200
-    # the schema is served, but not openly; no /docs or /redoc at all
+    # the schema and the interactive docs are served, but not openly (issue 15: for viewers)
     assert client.get("/openapi.json").status_code == 401
     viewer = {"Authorization": f"Bearer {tokens['viewer']}"}
     assert client.get("/openapi.json", headers=viewer).json()["info"]["title"] == "citylifeline"
-    assert client.get("/docs").status_code == 404
-    assert client.get("/redoc").status_code == 404
+    for docs in ("/docs", "/redoc"):
+        assert client.get(docs).status_code == 401
+        assert client.get(docs, headers={"Authorization": "Bearer ll_not-a-token"}
+                          ).status_code == 401
+        assert client.get(docs, headers=viewer).status_code == 200

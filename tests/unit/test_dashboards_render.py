@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import filecmp
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from grafana_foundation_sdk.models import dashboard as dm
@@ -15,7 +17,11 @@ from dashboards.errors import DashboardsError
 from dashboards.influxql import InfluxQLQuery
 from dashboards.model import GrafanaTarget
 from dashboards.render import InfluxSource, load, provisioning_files, render, setup_sdk, to_json
+from devices.catalogue import Catalogue
 from lifeline.cli import main
+from lifeline.commands.dashboards import grafana_target
+from lifeline.errors import ConfigError
+from lifeline.settings import load_settings
 
 UIDS = {"lifeline-overview", "lifeline-gas", "lifeline-water", "lifeline-drainage",
         "lifeline-devices", "lifeline-service"}
@@ -125,3 +131,128 @@ def test_cli_render(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     (tmp_path / "blocked").write_text("a file, not a directory")
     assert main(["dashboards", "render", "--out", str(tmp_path / "blocked")]) == 1
     assert "cannot write" in capsys.readouterr().err
+
+
+def _walk_panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    for p in panels:
+        yield p
+        yield from _walk_panels(p.get("panels") or [])
+
+
+def _datasource_refs(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == "datasource":
+                yield f"{path}/{k}", v
+            yield from _datasource_refs(v, f"{path}/{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _datasource_refs(v, f"{path}[{i}]")
+
+
+def test_every_panel_target_variable_and_annotation_names_the_datasource() -> None:
+    """A provisioned dashboard works without edits: nothing falls back to Grafana's default
+    datasource (a null panel datasource would)."""
+    setup_sdk()
+    ref = {"type": "influxdb", "uid": "ds-city-7"}
+    for board in all_boards(GrafanaTarget(datasource_uid="ds-city-7")):
+        data = to_json(board)
+        panels = list(_walk_panels(data["panels"]))
+        assert panels
+        for p in panels:
+            assert p.get("datasource") == ref, f"{board.uid}: panel {p['title']}"
+            for t in p.get("targets") or []:
+                assert t.get("datasource") == ref, f"{board.uid}: {p['title']} {t['refId']}"
+        for v in data["templating"]["list"]:
+            if v["type"] == "query":
+                assert v.get("datasource") == ref, f"{board.uid}: variable {v['name']}"
+            else:  # custom: its values are in the JSON, no datasource involved
+                assert v["type"] == "custom" and v["options"] and "datasource" not in v
+        annotations = data["annotations"]["list"]
+        assert annotations
+        for a in annotations:
+            assert a.get("datasource") == ref, f"{board.uid}: annotation {a['name']}"
+        refs = list(_datasource_refs(data))
+        assert refs and all(r == ref for _, r in refs), [p for p, r in refs if r != ref]
+
+
+def test_device_type_variable_comes_from_the_catalogue_with_the_operators_types(
+        tmp_path: Path) -> None:
+    extra = tmp_path / "types.toml"
+    extra.write_text('[gas_alarm_nb]\n[gas_alarm_nb.metrics.lel]\nunit = "%LEL"\n'
+                     'range = [0, 100]\n[pump]\n[pump.metrics.speed]\nunit = "rpm"\n'
+                     'range = [0, 5000]\n', encoding="utf-8")
+    settings = load_settings(None, run_dir=tmp_path, devices={"catalogue": extra})
+    target = grafana_target(settings)
+    builtin = list(Catalogue.builtin().types)
+    assert list(target.device_types) == [*builtin, "gas_alarm_nb", "pump"]
+    setup_sdk()
+    boards = {b.uid: to_json(b) for b in all_boards(target)}
+    for uid in ("lifeline-overview", "lifeline-devices"):
+        var = next(v for v in boards[uid]["templating"]["list"] if v["name"] == "type")
+        assert var["query"].split(",") == [*builtin, "gas_alarm_nb", "pump"]
+        assert [o["value"] for o in var["options"]] == [*builtin, "gas_alarm_nb", "pump"]
+    gas_device = next(v for v in boards["lifeline-gas"]["templating"]["list"]
+                      if v["name"] == "device")
+    assert '/^(gas_alarm|gas_pipeline|gas_alarm_nb)$/' in gas_device["query"]
+    default = next(v for v in to_json(all_boards()[0])["templating"]["list"]
+                   if v["name"] == "type")
+    assert default["query"].split(",") == builtin
+
+
+def _links_of(panel: dict[str, Any], field_name: str) -> list[dict[str, Any]]:
+    for o in panel["fieldConfig"]["overrides"]:
+        if o["matcher"] == {"id": "byName", "options": field_name}:
+            for prop in o["properties"]:
+                if prop["id"] == "links":
+                    links: list[dict[str, Any]] = prop["value"]
+                    return links
+    return []
+
+
+def test_case_and_alert_tables_link_to_the_case(tmp_path: Path) -> None:
+    setup_sdk()
+    dispatch = GrafanaTarget(api_url="https://lifeline.city.example",
+                             case_url="https://dispatch.example/case?id={case_id}&src=lifeline")
+    api = GrafanaTarget(api_url="https://lifeline.city.example")
+    for target, url in ((dispatch, "https://dispatch.example/case?id=${__value.raw}&src=lifeline"),
+                        (api, "https://lifeline.city.example/api/v1/cases/${__value.raw}")):
+        overview = to_json(all_boards(target)[0])
+        case_tables = [p for p in overview["panels"] if p["type"] == "table"
+                       and any("lifeline_case" in t["query"] for t in p["targets"])]
+        assert {p["title"] for p in case_tables} == {"Open cases (case id: link to the case)",
+                                                     "Overdue cases (超期)"}
+        for p in case_tables:
+            assert [link["url"] for link in _links_of(p, "case_id")] == [url], p["title"]
+        case_notes = next(a for a in overview["annotations"]["list"]
+                          if a["name"] == "case changes")
+        assert "case_id" in case_notes["tagsColumn"].split(",")
+    alert_tables = 0
+    for board in all_boards(api):
+        for p in to_json(board)["panels"]:
+            if p["type"] == "table" and any(  # tables of single alerts (not rule counts)
+                    'FROM "lifeline_alert"' in t["query"] and 'GROUP BY "device", "rule"'
+                    in t["query"] for t in p["targets"]):
+                links = _links_of(p, "rule")
+                assert [link["url"] for link in links] == [
+                    "https://lifeline.city.example/api/v1/alerts?"
+                    "device=${__data.fields.device:percentencode}"
+                    "&rule=${__data.fields.rule:percentencode}"], (board.uid, p["title"])
+                alert_tables += 1
+    assert alert_tables >= 7  # active alerts and alert logs of every dashboard
+
+
+@pytest.mark.parametrize("bad", ["https://dispatch.example/cases", "ftp://x/{case_id}"])
+def test_case_url_must_be_http_with_the_case_id(bad: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"\{case_id\}"):
+        load_settings(None, run_dir=tmp_path, grafana={"case_url": bad})
+
+
+def test_data_link_urls_follow_the_api_settings(tmp_path: Path) -> None:
+    wildcard = grafana_target(load_settings(None, run_dir=tmp_path,
+                                            api={"host": "0.0.0.0", "port": 9000}))
+    assert wildcard.api_url == "http://localhost:9000"
+    assert wildcard.case_link() == "http://localhost:9000/api/v1/cases/{case_id}"
+    set_url = grafana_target(load_settings(None, run_dir=tmp_path,
+                                           grafana={"api_url": "https://ops.example/lifeline/"}))
+    assert set_url.case_link() == "https://ops.example/lifeline/api/v1/cases/{case_id}"

@@ -17,7 +17,8 @@ from devices.series import SeriesTable
 from devices.topics import TopicScheme
 from ingest.batch import RawMessage, ReadingFlag
 from ingest.deadletter import Reason
-from ingest.decode import DecodeLimits, Decoder
+from ingest.decode import DecodeLimits, Decoder, DecodeResult
+from ingest.lineproto import batch_lines
 
 NOW_NS = time.time_ns()
 NOW_MS = NOW_NS // 1_000_000
@@ -314,3 +315,140 @@ def test_timestamp_bounds_are_inclusive(offset_ms: int, reason: Reason | None) -
                 (received_ms + offset_ms) * 1_000_000]
         else:
             assert len(res.dead) == 1 and res.dead[0].reason is reason and len(res.batch) == 0
+
+
+# -- the identity of a reading and its InfluxDB point (README "Ingest": identity) --------
+
+def points(res: DecodeResult, dec: Decoder) -> list[int]:
+    """The point time of each line the writer would send for ``res``."""
+    return [int(line.rsplit(" ", 1)[1]) for line in batch_lines(res.batch, dec.series)]
+
+
+def test_an_array_without_ts_gets_one_point_per_reading() -> None:
+    dec = make_decoder()
+    res = dec.decode([msg([{"values": {"lel": float(i)}} for i in range(5)])])
+    assert res.readings == 5 and res.dead == []
+    assert res.batch.ts_ns.tolist() == [NOW_NS] * 5  # the reading's time: the receive time
+    assert points(res, dec) == [NOW_NS + i for i in range(5)]  # in order, one ns apart
+
+
+def test_messages_without_ts_received_close_together_never_share_a_point() -> None:
+    dec = make_decoder()
+    body = orjson.dumps([{"values": {"lel": float(i)}} for i in range(100)])
+    first = dec.decode([RawMessage("lifeline/gas-1/telemetry", body, NOW_NS),
+                        RawMessage("lifeline/gas-1/telemetry", body, NOW_NS + 10)])
+    second = dec.decode([RawMessage("lifeline/gas-1/telemetry", body, NOW_NS + 50)])
+    stamps = points(first, dec) + points(second, dec)
+    assert len(set(stamps)) == 300 and stamps == sorted(stamps)
+    # a dead letter replayed later keeps its own receive time (not pushed to "now")
+    old = dec.decode([RawMessage("lifeline/gas-1/telemetry", orjson.dumps(
+        {"values": {"lel": 1.0}}), NOW_NS - 60 * 10**9)])
+    assert points(old, dec) == [NOW_NS - 60 * 10**9]
+
+
+def test_same_ms_with_different_seq_get_distinct_deterministic_points() -> None:
+    bodies = [{"ts": NOW_MS, "seq": seq, "values": {"lel": 1.0}} for seq in (41, 42, 43)]
+    dec = make_decoder()
+    together = dec.decode([msg(b) for b in bodies])
+    assert (together.readings, together.duplicates) == (3, 0)
+    stamps = points(together, dec)
+    base = NOW_MS * 1_000_000
+    assert stamps == [base + 41, base + 42, base + 43]  # in seq order, inside the ms
+    assert together.batch.ts_ns.tolist() == [base] * 3  # rules judge the time as sent
+    # Another decoder (a restarted service), other batches, another order: same points.
+    again = make_decoder()
+    for body, stamp in reversed(list(zip(bodies, stamps, strict=True))):
+        assert points(again.decode([msg(body)]), again) == [stamp]
+
+
+def test_epoch_seconds_several_per_second() -> None:
+    dec = make_decoder()
+    second = NOW_MS // 1000
+    res = dec.decode([msg({"ts": second, "seq": s, "values": {"lel": 1.0}}) for s in range(4)]
+                     + [msg({"ts": second, "values": {"lel": v}}) for v in (2.0, 3.0, 4.0)])
+    assert (res.readings, res.duplicates) == (7, 0)
+    stamps = points(res, dec)
+    base = second * 1_000_000_000
+    assert len(set(stamps)) == 7
+    assert all(base <= t < base + 1000 for t in stamps)  # tie-breaks stay under the µs
+
+
+def test_tie_break_collisions_are_resolved() -> None:
+    dec = make_decoder()
+    # seq 7 and 1007 have the same tie-break; 300 readings without seq at one ms make
+    # collisions of their value hashes (1,000 slots) all but certain
+    res = dec.decode([msg({"ts": NOW_MS, "seq": 7, "values": {"lel": 1.0}}),
+                      msg({"ts": NOW_MS, "seq": 1007, "values": {"lel": 1.0}}),
+                      msg([{"ts": NOW_MS, "values": {"lel": i / 10}} for i in range(300)])])
+    assert res.readings == 302
+    stamps = points(res, dec)
+    assert len(set(stamps)) == 302
+    assert all(NOW_MS * 1_000_000 <= t < NOW_MS * 1_000_000 + 1000 for t in stamps)
+
+
+def test_more_readings_at_one_instant_than_tie_breaks_still_get_points() -> None:
+    dec = make_decoder()
+    res = dec.decode([msg([{"ts": NOW_MS, "seq": s, "values": {"lel": 1.0}}
+                           for s in range(1500)])])
+    assert res.readings == 1500 and len(set(points(res, dec))) == 1500
+
+
+def test_a_redelivery_after_a_restart_lands_on_the_same_point() -> None:
+    first = msg({"ts": NOW_MS, "seq": 1, "values": {"lel": 1.0}})
+    second = msg({"ts": NOW_MS, "seq": 2, "values": {"lel": 2.0}})
+    third = msg({"ts": NOW_MS, "values": {"lel": 3.0}})
+    before = make_decoder()
+    stored = points(before.decode([first, second, third]), before)
+    assert len(set(stored)) == 3
+    after = make_decoder()  # the service restarted; the broker redelivers the last two
+    assert points(after.decode([second, third]), after) == stored[1:]
+
+
+def test_fast_and_slow_timestamp_paths_give_the_same_identity_and_point() -> None:
+    iso = _iso_ms(NOW_MS)
+    forms: list[object] = [NOW_MS, float(NOW_MS), iso]
+    stamps = set()
+    for form in forms:
+        dec = make_decoder()
+        res = dec.decode([msg({"ts": form, "seq": 5, "values": {"lel": 1.0}})])
+        stamps.update(points(res, dec))
+    assert stamps == {NOW_MS * 1_000_000 + 5}
+    for first in range(len(forms)):
+        # one decoder: the same reading in another timestamp form is a duplicate
+        dec = make_decoder()
+        res = dec.decode([msg({"ts": f, "seq": 5, "values": {"lel": 1.0}})
+                          for f in forms[first:] + forms[:first]])
+        assert (res.readings, res.duplicates) == (1, 2)
+        assert points(res, dec) == [NOW_MS * 1_000_000 + 5]
+
+
+def test_a_seq_that_is_neither_int_nor_string_is_ignored() -> None:
+    dec = make_decoder()
+    res = dec.decode([msg({"ts": NOW_MS, "seq": 1.5, "values": {"lel": 1.0}})] * 2
+                     + [msg({"ts": NOW_MS, "seq": [1], "values": {"lel": 2.0}})])
+    assert (res.readings, res.duplicates) == (2, 1)
+    assert len(set(points(res, dec))) == 2
+
+
+def test_duplicates_take_no_point_and_without_dedup_every_delivery_gets_one() -> None:
+    dec = make_decoder()
+    reading = msg({"ts": NOW_MS, "seq": 9, "values": {"lel": 1.0}})
+    res = dec.decode([reading, reading, msg({"ts": NOW_MS, "seq": 10, "values": {"lel": 1.0}})])
+    assert res.duplicates == 1 and points(res, dec) == [NOW_MS * 1_000_000 + 9,
+                                                        NOW_MS * 1_000_000 + 10]
+    off = make_decoder(DecodeLimits(dedup_window=0))
+    res = off.decode([reading, reading])
+    assert res.readings == 2 and len(set(points(res, off))) == 2  # counted twice, stored twice
+
+
+def test_thousands_of_readings_with_one_ts_cost_linear_time() -> None:
+    """A stuck device clock (or a hostile device) sending 10,000 readings with one
+    ``ts`` and colliding tie-breaks: each still gets a point, without quadratic probing."""
+    dec = make_decoder(DecodeLimits(max_payload_bytes=4 << 20))
+    body = [{"ts": NOW_MS, "seq": 1000 * s, "values": {"lel": 1.0}} for s in range(10_000)]
+    started = time.process_time()
+    res = dec.decode([msg(body)])
+    assert res.readings == 10_000 and len(set(points(res, dec))) == 10_000
+    assert time.process_time() - started < 2.0
+    base = NOW_MS * 1_000_000
+    assert sorted(points(res, dec))[:1000] == list(range(base, base + 1000))  # the µs first

@@ -20,7 +20,8 @@ from ingest.batch import RawBuffer, RawMessage
 from ingest.gctuning import GC_THRESHOLDS, tune_gc_for_throughput
 from ingest.mqttsocket import BufferedSocket, FastClient
 from ingest.netproc import ChildStatus, _BatchSink, _service_logging, _setup_child_logging
-from lifeline.logs import REDACTED, JsonFormatter, RedactingFilter
+from lifeline.logs import JsonFormatter, RedactingFilter
+from lifeline.redaction import REDACTED
 from tests.support import remaining_length
 
 

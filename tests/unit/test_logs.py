@@ -7,7 +7,8 @@ import logging
 import orjson
 import pytest
 
-from lifeline.logs import REDACTED, setup_logging
+from lifeline.logs import setup_logging
+from lifeline.redaction import REDACTED
 from lifeline.settings import load_settings, secret_values
 
 SECRET = "hook-secret-0123456789"

@@ -29,7 +29,7 @@ class Cols:
 
 @pytest.fixture
 def setup(tmp_path: Path) -> tuple[TestClient, RuleEngine, Path, dict[str, str]]:
-    tokens = {role: new_token() for role in ("viewer", "operator")}
+    tokens = {role: new_token() for role in ("viewer", "operator", "admin")}
     settings = load_settings(None, run_dir=tmp_path, api={"tokens": [
         {"name": f"{r}-user", "role": r, "sha256": token_digest(t)} for r, t in tokens.items()]})
     app = create_app(settings, open_database(f"sqlite:///{tmp_path / 'db.sqlite'}"))
@@ -56,7 +56,7 @@ def test_list_and_reload_keep_state(setup: tuple[TestClient, RuleEngine, Path, d
                                                                          1, 0)
     assert rule["definition"]["above"] == 25.0
     (rules_dir / "b.toml").write_text('[[rule]]\nid = "s"\nkind = "stale"\nafter = "1h"\n')
-    resp = client.post("/api/v1/rules/reload", headers={"Authorization": headers["operator"]})
+    resp = client.post("/api/v1/rules/reload", headers={"Authorization": headers["admin"]})
     assert resp.status_code == 200 and resp.json() == {"kept": 1, "new": 1, "count": 2}
     engine.evaluate(Cols(10 * 10**9, 31.0))  # `for` elapsed across the reload
     body = client.get("/api/v1/rules", headers={"Authorization": headers["viewer"]}).json()
@@ -71,7 +71,7 @@ def test_reload_roles_and_invalid_files(
     assert viewer.status_code == 403
     (rules_dir / "c.toml").write_text('[[rule]]\nid = "x"\nkind = "mnf"\nmetric = "flow"\n'
                                       'window = "25:00-26:00"\n')
-    resp = client.post("/api/v1/rules/reload", headers={"Authorization": headers["operator"]})
+    resp = client.post("/api/v1/rules/reload", headers={"Authorization": headers["admin"]})
     assert resp.status_code == 422
     assert "c.toml: rule 'x': field 'window'" in resp.json()["detail"]
     assert [r.id for r in engine.rules] == ["lvl1"]
@@ -80,7 +80,7 @@ def test_reload_roles_and_invalid_files(
 def test_no_engine_is_503(tmp_path: Path) -> None:
     token = new_token()
     settings = load_settings(None, run_dir=tmp_path, api={"tokens": [
-        {"name": "v", "role": "operator", "sha256": token_digest(token)}]})
+        {"name": "v", "role": "admin", "sha256": token_digest(token)}]})
     client = TestClient(create_app(settings, open_database(f"sqlite:///{tmp_path / 'd.db'}")))
     auth = {"Authorization": f"Bearer {token}"}
     assert client.get("/api/v1/rules", headers=auth).status_code == 503

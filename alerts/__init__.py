@@ -1,1 +1,2 @@
-"""Alerts: lifecycle, noise control, cases, webhook outbox and delivery."""
+"""Alerts, by concept: ``lifecycle`` (alerts and their noise stages), ``cases`` (the
+workflow), ``delivery`` (the webhook outbox) and ``silences``."""

@@ -271,11 +271,10 @@ def api_campaign(examples: int, seed: int | None = None) -> dict[str, Any]:
     settings_ = load_settings(None, run_dir=Path(tmp.name), api={"tokens": [
         {"name": "fuzz", "role": "admin", "sha256": token_digest(token)}]})
     engine = open_database(settings_.database_url)
-    app = create_app(settings_, engine, {"db": lambda: (True, "ok")})
     rules = load_rules(settings_.rules.paths)
     rule_engine = RuleEngine(rules, SeriesTable(), timezone=settings_.rules.timezone)
-    app.state.rule_engine = rule_engine
-    app.state.rules_reload = lambda: rule_engine.reload(load_rules(settings_.rules.paths))
+    app = create_app(settings_, engine, {"db": lambda: (True, "ok")}, rule_engine=rule_engine,
+                     rules_reload=lambda: rule_engine.reload(load_rules(settings_.rules.paths)))
     server = ApiServer(app, "127.0.0.1", 0)
     server.start()
     deadline = time.monotonic() + 10

@@ -37,11 +37,12 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from common.duration import Duration
 from devices.model import Device
 from devices.registry import write_inventory
+from devtools.harness import ManagedService, process_cpu_s, start_influxdb, start_mosquitto
 from ingest.gctuning import tune_gc_for_throughput
 from ingest.mqttsocket import BufferedClient, FastClient
-from lifeline.harness import ManagedService, process_cpu_s, start_influxdb, start_mosquitto
 from lifeline.influxquery import count_values
 from lifeline.settings import (
     ApiSettings,
@@ -295,7 +296,7 @@ def full_path(run: Path, mqtt_port: int, influx_url: str, inventory: Path, *, qo
         mqtt=MqttSettings(port=mqtt_port, client_id=f"bench-{db}", qos=qos,
                           buffered_reads=buffered_reads, network_process=network_process),
         influx=InfluxSettings(url=influx_url, database=db),
-        ingest=IngestSettings(metrics_interval="1h", spool_fsync=False,
+        ingest=IngestSettings(metrics_interval=Duration("1h"), spool_fsync=False,
                               raw_buffer_max=raw_buffer_max),
         devices=DevicesSettings(inventory=inventory),
         api=ApiSettings(enabled=False),
@@ -303,7 +304,7 @@ def full_path(run: Path, mqtt_port: int, influx_url: str, inventory: Path, *, qo
     readings = messages * max(array, 1)
     service = Service(settings)
     latencies: list[np.ndarray[Any, Any]] = []
-    decode = service.decoder.decode
+    decode = service.pipeline.decoder.decode
 
     def decode_and_time(batch: Any) -> Any:
         result = decode(batch)
@@ -315,7 +316,7 @@ def full_path(run: Path, mqtt_port: int, influx_url: str, inventory: Path, *, qo
         return result
 
     if live:
-        service.decoder.decode = decode_and_time  # type: ignore[method-assign,assignment]
+        service.pipeline.decoder.decode = decode_and_time  # type: ignore[method-assign,assignment]
     base_ms = time.time_ns() // 1_000_000 - 3_600_000
     stop = threading.Event()
     if not live:
@@ -343,18 +344,27 @@ def full_path(run: Path, mqtt_port: int, influx_url: str, inventory: Path, *, qo
         servers0 = _servers_cpu_s(servers)
         procs = publish_all(mqtt_port, qos, devices, messages, array, base_ms, publishers,
                             live_rate)
+    stored_at: list[float] = []
+    step = service.pipeline.step
+    marked = [False]
+
+    def step_then_mark(messages: Any, on_durable: Any = None) -> Any:
+        out = step(messages, on_durable)
+        if not marked[0] and service.stats.decoded_values >= readings:
+            # Submitted from the pipeline thread after the step that decoded the last
+            # readings has submitted their lines: fires once all of them are in InfluxDB
+            # (a marker sent from this thread could overtake the last batch).
+            service.writer.submit([], lambda: stored_at.append(time.perf_counter()))
+            marked[0] = True
+        return out
+
+    service.pipeline.step = step_then_mark  # type: ignore[method-assign]
     runner = threading.Thread(target=service.run, args=(stop,), daemon=True)
     runner.start()
     deadline = time.monotonic() + 300
     last_log = time.monotonic()
-    stored_at: list[float] = []
-    marker_sent = False
     while not stored_at and time.monotonic() < deadline:
         time.sleep(0.005)
-        if not marker_sent and service.stats.decoded_values >= readings:
-            # Fires once every line submitted before it is in InfluxDB.
-            service.writer.submit([], lambda: stored_at.append(time.perf_counter()))
-            marker_sent = True
         if time.monotonic() - last_log > 5:
             last_log = time.monotonic()
             log.info("%s: received=%d decoded=%d stored=%d buffered=%d dups=%d dead=%d", name,

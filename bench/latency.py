@@ -45,13 +45,13 @@ import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from alerts.webhook import HttpNotifier, WebhookEvent
+from alerts.delivery.webhook import HttpNotifier, WebhookEvent
 from bench.ingest import PREFIX, publish_all
 from devices.model import Device
 from devices.registry import write_inventory
-from lifeline.harness import ManagedService, start_influxdb, start_mosquitto
+from devtools.harness import ManagedService, start_influxdb, start_mosquitto
+from devtools.receiver import WebhookReceiver
 from lifeline.influxquery import count_values, influxql
-from lifeline.receiver import WebhookReceiver
 
 log = logging.getLogger(__name__)
 

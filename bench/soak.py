@@ -54,12 +54,13 @@ import numpy as np
 import orjson
 import sqlalchemy as sa
 
-from alerts.signing import verify
+from alerts.delivery.signing import verify
 from devices.model import Device
 from devices.registry import write_inventory
+from devtools.harness import ManagedService, free_port, start_influxdb, start_mosquitto
 from lifeline.auth import new_token, token_digest
-from lifeline.harness import ManagedService, free_port, start_influxdb, start_mosquitto
 from lifeline.influxquery import count_values, influxql
+from tsdb.schema import ALERT, DEVICE_STATUS
 
 log = logging.getLogger(__name__)
 
@@ -990,7 +991,7 @@ def _influx_alert_counts(url: str, rule: str | None) -> dict[tuple[str, str], in
     """(device, state) → number of ``lifeline_alert`` points (of ``rule``, else all)."""
     out: dict[tuple[str, str], int] = {}
     where = f" WHERE rule = '{rule}'" if rule else ""
-    series = influxql(url, "soak", f"SELECT device, \"state\" FROM lifeline_alert{where}")
+    series = influxql(url, "soak", f'SELECT device, "state" FROM "{ALERT.name}"{where}')
     for s in series:
         cols = s["columns"]
         di, si = cols.index("device"), cols.index("state")
@@ -1004,7 +1005,7 @@ def _influx_offline(url: str) -> list[tuple[str, int]]:
     """(device, time in ns) of every ``offline`` change in ``lifeline_device_status``."""
     resp = httpx.get(f"{url}/query", timeout=30, params={
         "db": "soak", "epoch": "ns",
-        "q": "SELECT device, change FROM lifeline_device_status WHERE change = 'offline'"})
+        "q": f"SELECT device, change FROM \"{DEVICE_STATUS.name}\" WHERE change = 'offline'"})
     resp.raise_for_status()
     series = resp.json()["results"][0].get("series", [])
     found: list[tuple[str, int]] = []

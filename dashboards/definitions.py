@@ -28,6 +28,7 @@ from grafana_foundation_sdk.models import dashboard as dm
 from dashboards.influxql import DATASOURCE_TYPE, InfluxQL
 from dashboards.model import Format, GrafanaTarget, PanelQuery
 from devices.catalogue import Catalogue
+from tsdb import schema
 
 DEVICE_TYPES = tuple(Catalogue.builtin().types)  # the built-in catalogue's device types
 GAS_LEVELS = (25.0, 50.0)  # %LEL, GB/T 50493-2019 level 1 / 2 (rules/builtin/gas.toml)
@@ -36,7 +37,11 @@ MANHOLE_TILT = 15.0  # degrees, manhole-cover-tilt
 WATER_PRESSURE_LOW = 0.14  # MPa, water-pressure-low
 HEAT_SUPPLY_HIGH = 130.0  # °C, catalogue limit
 
-INFO = "lifeline_device_info"
+# measurement names (tsdb.schema): every query names them through these
+INFO = schema.DEVICE_INFO.name
+M_ALERT, M_CASE, M_KPI = schema.ALERT.name, schema.CASE.name, schema.KPI.name
+M_INGEST, M_SERVICE = schema.INGEST.name, schema.SERVICE.name
+M_STATUS = schema.DEVICE_STATUS.name
 SEVERITY_COLOURS = {"critical": "dark-red", "major": "red", "minor": "orange",
                     "warning": "yellow", "info": "blue"}
 
@@ -45,6 +50,20 @@ F_DEV = ('"district" =~ /^$district$/ AND "grid" =~ /^$grid$/ AND "device" =~ /^
 F_TYPED = '"grid" =~ /^$grid$/ AND "type" =~ /^$type$/ AND "device" =~ /^$device$/'
 # Current state (last value up to the end of the range, whenever it was written).
 UNTIL_TO = "time <= ${__to}ms"
+# State panels (alerts firing, cases open at the end of the range): the rows of the last
+# STATE_LOOKBACK before the end, whatever the range shown, so a case opened yesterday and
+# still open is listed in a 1-hour view (an item unchanged for longer is not seen; the
+# shift report reads the database instead). Same default as `lifeline report --lookback`.
+STATE_LOOKBACK = "30d"
+
+
+def state_window(lookback: str) -> str:
+    """The time condition of the state panels: ``lookback`` (an InfluxQL duration) up to
+    the end of the range."""
+    return f"time <= ${{__to}}ms AND time > ${{__to}}ms - {lookback}"
+
+
+STATE_WINDOW = state_window(STATE_LOOKBACK)
 
 
 @dataclass(slots=True)
@@ -130,9 +149,9 @@ class Board:
 
     def annotations(self, alert_filter: str = "", case_filter: str = "") -> None:
         """Alert firings and case state changes as annotations."""
-        alerts = ('SELECT "rule", "device", "severity", "value" FROM "lifeline_alert" '
+        alerts = (f'SELECT "rule", "device", "severity", "value" FROM "{M_ALERT}" '
                   'WHERE $timeFilter AND "firing" = 1' + alert_filter)
-        cases = ('SELECT "action", "case_id", "state", "severity" FROM "lifeline_case" '
+        cases = (f'SELECT "action", "case_id", "state", "severity" FROM "{M_CASE}" '
                  "WHERE $timeFilter" + case_filter)
         for name, query, colour, text, tags in (
                 ("alerts firing", alerts, "red", "rule", "device,severity"),
@@ -232,8 +251,8 @@ def _severity_mappings() -> list[dm.ValueMapping]:
 
 
 def _alerts_query(where: str) -> str:
-    return ('SELECT last("firing") AS "firing", last("value") AS "value" FROM "lifeline_alert" '
-            f"WHERE $timeFilter AND {where} "
+    return (f'SELECT last("firing") AS "firing", last("value") AS "value" FROM "{M_ALERT}" '
+            f"WHERE {STATE_WINDOW} AND {where} "
             'GROUP BY "device", "rule", "severity", "grid", "type"')
 
 
@@ -271,7 +290,7 @@ def _alert_table(b: Board, title: str, where: str, h: int = 8, w: int = 12) -> t
 
 def _events_table(b: Board, title: str, where: str, h: int = 8, w: int = 12) -> table.Panel:
     """Alert transitions (device events, rule alerts) as a log."""
-    query = ('SELECT "state", "value", "alert_id" FROM "lifeline_alert" '
+    query = (f'SELECT "state", "value", "alert_id" FROM "{M_ALERT}" '
              f'WHERE $timeFilter AND {where} GROUP BY "device", "rule", "severity"')
     panel = (_table(title, h, w).sort_by([cb.TableSortByFieldState().display_name("Time")
                                           .desc(True)])
@@ -280,14 +299,14 @@ def _events_table(b: Board, title: str, where: str, h: int = 8, w: int = 12) -> 
     return _links(panel, "rule", alert_link(b.target))
 
 
-CASE_CHANGES = ('SELECT count("case_id") AS "changes" FROM "lifeline_case" WHERE $timeFilter '
+CASE_CHANGES = (f'SELECT count("case_id") AS "changes" FROM "{M_CASE}" WHERE $timeFilter '
                 'AND "grid" =~ /^$grid$/ AND "type" =~ /^$type$/ '
                 'GROUP BY time($__interval), "state" fill(none)')
 
 
 def alerts_fired_query(key: str) -> str:
     """Alerts fired per interval, by a tag (type or grid)."""
-    return ('SELECT count("firing") AS "alerts" FROM "lifeline_alert" WHERE $timeFilter AND '
+    return (f'SELECT count("firing") AS "alerts" FROM "{M_ALERT}" WHERE $timeFilter AND '
             f'"firing" = 1 AND {F_TYPED} GROUP BY time($__interval), "{key}" fill(none)')
 
 
@@ -295,17 +314,17 @@ def alerts_fired_query(key: str) -> str:
 # end of the range is a firing one; one row per device and severity.
 OPEN_ALERTS_BY_DEVICE = (
     'SELECT max("firing") AS "firing" FROM (SELECT last("firing") AS "firing" FROM '
-    f'"lifeline_alert" WHERE {UNTIL_TO} AND {F_TYPED} GROUP BY "device", "rule", "severity") '
+    f'"{M_ALERT}" WHERE {UNTIL_TO} AND {F_TYPED} GROUP BY "device", "rule", "severity") '
     'WHERE "firing" = 1 GROUP BY "device", "severity"')
 CASES_RAW = ('SELECT "case_id", "state", "overdue", "severity", "grid", "unit", "action" '
-             'FROM "lifeline_case" WHERE $timeFilter AND "grid" =~ /^$grid$/ '
+             f'FROM "{M_CASE}" WHERE {STATE_WINDOW} AND "grid" =~ /^$grid$/ '
              'AND "type" =~ /^$type$/')
 CASE_COLUMNS = ("case_id", "state", "overdue", "severity", "grid", "unit", "action")
 KPIS = (("disposal_rate", "处置率 disposal rate"), ("on_time_rate", "按期处置率 on-time rate"),
         ("close_rate", "结案率 close rate"), ("rework_rate", "返工率 rework rate"))
 
 
-NOISY_RULES = ('SELECT count("firing") AS "alerts" FROM "lifeline_alert" WHERE $timeFilter '
+NOISY_RULES = (f'SELECT count("firing") AS "alerts" FROM "{M_ALERT}" WHERE $timeFilter '
                'AND "firing" = 1 GROUP BY "rule"')
 
 
@@ -313,7 +332,7 @@ def kpi_query(name: str) -> str:
     """The city-wide KPI of the latest ``lifeline_kpi`` point in range: ``last("cases")``
     (always written) selects the point and the KPI is read from that same point, so a KPI
     it leaves out (zero denominator) is empty rather than an older point's value."""
-    return (f'SELECT last("cases") AS "cases", "{name}" AS "{name}" FROM "lifeline_kpi" '
+    return (f'SELECT last("cases") AS "cases", "{name}" AS "{name}" FROM "{M_KPI}" '
             "WHERE $timeFilter AND \"scope\" = 'all'")
 
 
@@ -360,7 +379,7 @@ def overview(target: GrafanaTarget) -> Board:
                f'WHERE {UNTIL_TO} AND {F_TYPED} GROUP BY "device", "type", "grid"'),
                ("lat", "lon", "device", "type", "grid"), "table"))
            .with_target(b.q(title, "B", (
-               'SELECT last("online") AS "online" FROM "lifeline_device_status" '
+               f'SELECT last("online") AS "online" FROM "{M_STATUS}" '
                f'WHERE {UNTIL_TO} AND {F_TYPED} GROUP BY "device"'), ("online", "device"),
                "table"))
            .with_target(b.q(title, "C", OPEN_ALERTS_BY_DEVICE,
@@ -533,7 +552,7 @@ def drainage(target: GrafanaTarget) -> Board:
     return b
 
 
-LAST_STATUS = ('SELECT last("online") AS "online" FROM "lifeline_device_status" '
+LAST_STATUS = (f'SELECT last("online") AS "online" FROM "{M_STATUS}" '
                f'WHERE {UNTIL_TO} AND {F_TYPED} GROUP BY "device"')
 
 
@@ -555,12 +574,12 @@ def devices(target: GrafanaTarget) -> Board:
         bargauge.Panel().title(title).height(4).span(12)
         .orientation(cm.VizOrientation.HORIZONTAL)
         .with_target(b.q(title, "A", (
-            'SELECT last(/^dead_/) FROM "lifeline_ingest" WHERE $timeFilter GROUP BY "host"'),
+            f'SELECT last(/^dead_/) FROM "{M_INGEST}" WHERE $timeFilter GROUP BY "host"'),
             ("last_dead_lettered", "host"))))
     title = "Devices online over time"
     b.builder.with_panel(_ts(title, "none").with_target(b.q(title, "A", (
         'SELECT sum("online") AS "online" FROM (SELECT last("online") AS "online" FROM '
-        f'"lifeline_device_status" WHERE $timeFilter AND {F_TYPED} '
+        f'"{M_STATUS}" WHERE $timeFilter AND {F_TYPED} '
         'GROUP BY time($__interval), "device" fill(previous)) WHERE $timeFilter '
         'GROUP BY time($__interval) fill(previous)'), ("online",))))
     title = "Status changes per device (timeline)"
@@ -570,17 +589,17 @@ def devices(target: GrafanaTarget) -> Board:
                                         "1": dm.ValueMappingResult(color="green",
                                                                    text="online")})])
         .with_target(b.q(title, "A", (
-            'SELECT last("online") AS "online" FROM "lifeline_device_status" WHERE $timeFilter '
+            f'SELECT last("online") AS "online" FROM "{M_STATUS}" WHERE $timeFilter '
             f'AND {F_TYPED} GROUP BY time($__interval), "device" fill(previous)'),
             ("online", "device"), alias="$tag_device")))
     title = "Offline devices"
     b.builder.with_panel(
         _table(title).with_target(b.q(title, "A", (
-            'SELECT last("online") AS "online" FROM "lifeline_device_status" '
+            f'SELECT last("online") AS "online" FROM "{M_STATUS}" '
             f'WHERE {UNTIL_TO} AND {F_TYPED} GROUP BY "device", "type", "grid"'),
             ("time", "online", "device", "type", "grid"), "table"))
         .with_target(b.q(title, "B", (
-            'SELECT last("reason") AS "reason" FROM "lifeline_device_status" '
+            f'SELECT last("reason") AS "reason" FROM "{M_STATUS}" '
             f'WHERE {UNTIL_TO} AND {F_TYPED} GROUP BY "device"'), ("reason", "device"),
             "table"))
         .with_transformation(_transform("joinByField", {"byField": "device", "mode": "outer"}))
@@ -604,40 +623,40 @@ def service(target: GrafanaTarget) -> Board:
     """The service itself: ingest, InfluxDB writes, spool, rules, webhooks."""
     b = Board("lifeline-service", "服务 Service", target)
     b.variable("host", "service instance",
-               'SHOW TAG VALUES FROM "lifeline_ingest" WITH KEY = "host"')
+               f'SHOW TAG VALUES FROM "{M_INGEST}" WITH KEY = "host"')
     host = '"host" =~ /^$host$/'
     panels: list[tuple[str, str, str, tuple[str, ...]]] = [
         ("Ingest rate (per second)", "short", (
             'SELECT non_negative_derivative(last("received"), 1s) AS "messages", '
             'non_negative_derivative(last("stored_lines"), 1s) AS "stored_lines", '
             'non_negative_derivative(last("dead_lettered"), 1s) AS "dead_lettered" '
-            f'FROM "lifeline_ingest" WHERE $timeFilter AND {host} '
+            f'FROM "{M_INGEST}" WHERE $timeFilter AND {host} '
             'GROUP BY time($__interval), "host" fill(none)'),
          ("messages", "stored_lines", "dead_lettered", "host")),
         ("InfluxDB write latency (s)", "s", (
-            'SELECT max("write_latency_s") AS "write_latency_s" FROM "lifeline_ingest" '
+            f'SELECT max("write_latency_s") AS "write_latency_s" FROM "{M_INGEST}" '
             f'WHERE $timeFilter AND {host} GROUP BY time($__interval), "host" fill(none)'),
          ("write_latency_s", "host")),
         ("Spool size (bytes) and queues", "decbytes", (
             'SELECT max("spool_bytes") AS "spool_bytes", max("writer_queue") AS '
-            '"writer_queue", max("raw_buffer") AS "raw_buffer" FROM "lifeline_ingest" '
+            f'"writer_queue", max("raw_buffer") AS "raw_buffer" FROM "{M_INGEST}" '
             f'WHERE $timeFilter AND {host} GROUP BY time($__interval), "host" fill(none)'),
          ("spool_bytes", "writer_queue", "raw_buffer", "host")),
         ("Rule evaluation (values per second) and findings", "short", (
             'SELECT non_negative_derivative(last("evaluated_values"), 1s) AS "evaluated", '
             'non_negative_derivative(last("findings"), 1s) AS "findings" '
-            f'FROM "lifeline_service" WHERE $timeFilter AND {host} '
+            f'FROM "{M_SERVICE}" WHERE $timeFilter AND {host} '
             'GROUP BY time($__interval), "host" fill(none)'),
          ("evaluated", "findings", "host")),
         ("Webhook deliveries and failures", "short", (
             'SELECT max("webhook_delivered") AS "delivered", '
             'max("webhook_failed_attempts") AS "failed_attempts", '
             'max("webhook_dead") AS "dead", max("webhook_pending") AS "pending" '
-            f'FROM "lifeline_service" WHERE $timeFilter AND {host} '
+            f'FROM "{M_SERVICE}" WHERE $timeFilter AND {host} '
             'GROUP BY time($__interval), "host" fill(none)'),
          ("delivered", "failed_attempts", "dead", "pending", "host")),
         ("Alert transitions", "short", (
-            'SELECT count("firing") AS "transitions" FROM "lifeline_alert" WHERE $timeFilter '
+            f'SELECT count("firing") AS "transitions" FROM "{M_ALERT}" WHERE $timeFilter '
             'GROUP BY time($__interval), "severity" fill(none)'), ("transitions", "severity")),
     ]
     for title, unit, query, columns in panels:

@@ -1,4 +1,5 @@
-"""Measurements written for the dashboards that no other part writes.
+"""Measurements written for the dashboards that no other part writes (declared in
+:mod:`tsdb.schema`: ``DEVICE_INFO``, ``SERVICE``).
 
 - ``lifeline_device_info`` — one point per registered device (tags ``device``, ``type``,
   ``grid``, ``district``, ``unit``, ``dma``; fields ``lat``, ``lon``, ``name``,
@@ -16,22 +17,20 @@ import math
 from collections.abc import Iterable, Mapping
 
 from devices.model import Device
-from devices.series import escape_string_field, escape_tag
+from tsdb.lineproto import FieldValue
+from tsdb.schema import DEVICE_INFO, SERVICE
 
 
 def device_info_line(device: Device, ts_ns: int) -> str | None:
     """The ``lifeline_device_info`` line of one device (None: nothing to write)."""
-    tags = [f"device={escape_tag(device.id)}", f"type={escape_tag(device.type)}"]
-    for key in ("grid", "district", "unit", "dma"):
-        value = getattr(device, key)
-        if value:
-            tags.append(f"{key}={escape_tag(value)}")
-    fields = [f"enabled={1 if device.enabled else 0}i",
-              f"name={escape_string_field(device.name or device.id)}"]
+    tags = {"device": device.id, "type": device.type, "grid": device.grid,
+            "district": device.district, "unit": device.unit, "dma": device.dma}
+    fields: dict[str, FieldValue] = {"enabled": 1 if device.enabled else 0,
+                                     "name": device.name or device.id}
     if device.lat is not None and device.lon is not None and math.isfinite(device.lat) \
             and math.isfinite(device.lon):
-        fields += [f"lat={float(device.lat)!r}", f"lon={float(device.lon)!r}"]
-    return f"lifeline_device_info,{','.join(tags)} {','.join(fields)} {ts_ns}"
+        fields.update(lat=float(device.lat), lon=float(device.lon))
+    return DEVICE_INFO.line(tags, fields, ts_ns)
 
 
 def device_info_lines(devices: Iterable[Device], ts_ns: int) -> list[str]:
@@ -43,5 +42,5 @@ def service_line(host: str, counters: Mapping[str, int], ts_ns: int) -> str:
     """One ``lifeline_service`` point (integer counters)."""
     if not counters:
         raise ValueError("service_line: no counters")
-    fields = ",".join(f"{escape_tag(k)}={int(v)}i" for k, v in sorted(counters.items()))
-    return f"lifeline_service,host={escape_tag(host)} {fields} {ts_ns}"
+    fields: dict[str, FieldValue] = {k: int(v) for k, v in sorted(counters.items())}
+    return SERVICE.line({"host": host}, fields, ts_ns)

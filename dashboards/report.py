@@ -40,7 +40,14 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 
-from dashboards.definitions import KPIS, Board, alerts_fired_query, all_boards
+from dashboards.definitions import (
+    KPIS,
+    STATE_WINDOW,
+    Board,
+    alerts_fired_query,
+    all_boards,
+    state_window,
+)
 from dashboards.errors import DashboardsError
 from dashboards.model import GrafanaTarget, PanelQuery
 from dashboards.query import InfluxQLClient, Series
@@ -200,9 +207,13 @@ class _Runner:
 
     def query(self, uid: str, panel: str, tr: TimeRange, ref_id: str = "A",
               step_ms: int | None = None) -> list[Series]:
-        """One panel query; ``step_ms`` fixes ``$__interval`` (the report's buckets)."""
+        """One panel query; ``step_ms`` fixes ``$__interval`` (the report's buckets). A
+        state panel (alerts firing, open cases) looks back over the range ``tr`` instead of
+        its fixed ``STATE_LOOKBACK``: the report's ``--lookback``."""
         board, _ = self.boards[uid]
-        return self.run(uid, self._find(board.queries, panel, ref_id).query, tr, step_ms)
+        query = self._find(board.queries, panel, ref_id).query
+        query = query.replace(STATE_WINDOW, state_window(f"{tr.to_ms - tr.from_ms}ms"))
+        return self.run(uid, query, tr, step_ms)
 
     def run(self, uid: str, query: str, tr: TimeRange, step_ms: int | None = None) -> list[Series]:
         """A query with the variables of dashboard ``uid`` (all at All)."""

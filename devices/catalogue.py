@@ -12,15 +12,18 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Final
 
-from devices import safetoml
+from common import safetoml
+from common.severity import SEVERITY_NAMES
 from devices.errors import CatalogueError
 from devices.events import EventType
+from tsdb.lineproto import Measurement
+from tsdb.schema import reading
 
 LIMIT_NAMES: Final = ("low_low", "low", "high", "high_high")
 """Limit names, lowest first: a device type's defaults and a device's overrides use these."""
 
-SEVERITIES: Final = ("info", "warning", "minor", "major", "critical")
-"""Severity names (the same as the rules package's, lowest first)."""
+SEVERITIES: Final = SEVERITY_NAMES
+"""Severity names (:class:`common.severity.Severity`, lowest first)."""
 
 _DURATION_RE: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_S: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -151,6 +154,11 @@ class Catalogue:
 
     def __getitem__(self, name: str) -> DeviceType:
         return self.types[name]
+
+    def measurements(self) -> list[Measurement]:
+        """The InfluxDB measurement of every type: its metrics as float fields
+        (:func:`tsdb.schema.reading`)."""
+        return [reading(t.name, t.metrics) for t in self.types.values()]
 
     @classmethod
     def builtin(cls) -> Catalogue:

@@ -5,12 +5,15 @@ Batches and rule state are numpy arrays indexed by these ids.
 
 from __future__ import annotations
 
+import functools
 import threading
 
 import numpy as np
 import numpy.typing as npt
 
 from devices.model import Device
+from tsdb.lineproto import Measurement
+from tsdb.schema import READING
 
 
 class SeriesTable:
@@ -55,22 +58,14 @@ class SeriesTable:
         return np.array([d.type for d in self.devices], dtype=object)
 
 
-def escape_tag(value: str) -> str:
-    """Escape a measurement, tag key or tag value for InfluxDB line protocol."""
-    return value.replace("\\", "\\\\").replace(",", r"\,").replace("=", r"\=").replace(" ", r"\ ")
-
-
-def escape_string_field(value: str) -> str:
-    """Quote a string field value for InfluxDB line protocol."""
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 def _line_prefix(device: Device, metric: str) -> str:
     """``measurement,tags field=`` of the InfluxDB line for this series."""
-    tags = [f"device={escape_tag(device.id)}"]
-    for key in ("grid", "district", "unit"):
-        value = getattr(device, key)
-        if value:
-            tags.append(f"{key}={escape_tag(value)}")
-    measurement = escape_tag(device.type)
-    return f"{measurement},{','.join(tags)} {escape_tag(metric)}="
+    tags = {"device": device.id, "grid": device.grid, "district": device.district,
+            "unit": device.unit}
+    return _reading(device.type).prefix(tags, metric)
+
+
+@functools.lru_cache(maxsize=1024)
+def _reading(device_type: str) -> Measurement:
+    """The device-type measurement of the schema's reading family (any metric)."""
+    return READING.named(device_type)

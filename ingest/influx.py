@@ -6,7 +6,6 @@ import bisect
 import gzip
 import logging
 import queue
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -15,6 +14,7 @@ from typing import Protocol
 
 import httpx
 
+from common.retry import Backoff
 from ingest.errors import WriteError
 from ingest.spool import Spool, SpoolError
 
@@ -226,8 +226,17 @@ class InfluxWriter:
         self._deadline = float("inf")
         self._thread = threading.Thread(target=self._run, name="influx-writer", daemon=True)
         self._retry_at = 0.0
-        self._delay = 0.1
+        # consecutive failed writes; the wait doubles from 0.1 s with each, up to max_backoff
+        # (sleeps between retries of one chunk at most 1 s), jitter 50-150 %
+        self._failures = 0
+        self._backoff = Backoff(base_s=0.2, max_s=max_backoff, jitter=(0.5, 1.5))
+        self._short_backoff = self._backoff.capped(1.0)
         self.influx_up = True
+
+    @property
+    def _delay(self) -> float:
+        """The current wait without jitter (0.1 s before any failure)."""
+        return self._backoff.nominal(self._failures)
 
     def start(self) -> None:
         """Start the writer thread."""
@@ -339,7 +348,7 @@ class InfluxWriter:
                     return True
             if self._stop.is_set() and time.monotonic() > self._deadline:
                 return False
-            time.sleep(min(self._delay, 1.0))
+            time.sleep(self._short_backoff.nominal(self._failures))
         self.stats.blocked_s += time.monotonic() - blocked_since if warned else 0.0
         self.stats.lines_spooled += len(chunk)
         return True
@@ -350,7 +359,7 @@ class InfluxWriter:
                 return True
             if self._stop.is_set() and time.monotonic() > self._deadline:
                 return False
-            time.sleep(self._delay * (0.5 + random.random()))
+            time.sleep(self._backoff.delay(self._failures))
 
     def _replay_spool(self, stopping: bool, force: bool = False) -> None:
         """Write spooled chunks oldest first while InfluxDB answers."""
@@ -388,7 +397,7 @@ class InfluxWriter:
                     self._split(chunk, exc)
                     self._up()
                     return True
-                self._delay = min(self._delay * 2, self.max_backoff)
+                self._failures += 1
                 if self.influx_up:
                     log.warning("InfluxDB write failed (%d lines): %s", len(chunk), exc)
                 self.influx_up = False
@@ -396,7 +405,7 @@ class InfluxWriter:
                                           and time.monotonic() > self._deadline):
                     return False
                 attempt += 1
-                time.sleep(min(self._delay, 1.0) * (0.5 + random.random()))
+                time.sleep(self._short_backoff.delay(self._failures))
                 continue
             self._written(len(chunk), time.perf_counter() - started)
             self._up()
@@ -406,7 +415,7 @@ class InfluxWriter:
         if not self.influx_up:
             log.info("InfluxDB answers again")
         self.influx_up = True
-        self._delay = 0.1
+        self._failures = 0
         self._retry_at = 0.0
 
     def _written(self, n: int, latency: float) -> None:

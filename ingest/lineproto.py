@@ -1,11 +1,16 @@
-"""InfluxDB line protocol built from whole batches."""
+"""InfluxDB line protocol built from whole batches (the device-type measurements of
+:mod:`tsdb.schema`; each series' ``measurement,tags metric=`` prefix is built once by
+:class:`devices.series.SeriesTable` through the schema's encoder)."""
 
 from __future__ import annotations
 
-from devices.series import SeriesTable, escape_string_field, escape_tag
+from devices.series import SeriesTable
 from ingest.batch import Batch
+from tsdb.schema import FLAGS
 
-__all__ = ["batch_lines", "escape_string_field", "escape_tag"]
+__all__ = ["batch_lines"]
+
+_FLAGS = FLAGS.name
 
 
 def batch_lines(batch: Batch, series: SeriesTable) -> list[str]:
@@ -22,6 +27,6 @@ def batch_lines(batch: Batch, series: SeriesTable) -> list[str]:
         return [f"{prefixes[s]}{v!r} {t}" for s, v, t in zip(sids, values, stamps, strict=True)]
     flags = batch.flags.tolist()
     return [
-        f"{prefixes[s]}{v!r},flags={f}i {t}" if f else f"{prefixes[s]}{v!r} {t}"
+        f"{prefixes[s]}{v!r},{_FLAGS}={f}i {t}" if f else f"{prefixes[s]}{v!r} {t}"
         for s, v, f, t in zip(sids, values, flags, stamps, strict=True)
     ]

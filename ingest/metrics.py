@@ -17,7 +17,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import REGISTRY, Collector
 
 from ingest.influx import LATENCY_BUCKETS, WriterStats
-from ingest.lineproto import escape_tag
+from tsdb.lineproto import FieldValue
+from tsdb.schema import INGEST
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ def _histogram(name: str, doc: str, bounds: tuple[float, ...], counts: list[int]
 def ingest_line(counters: IngestCounters, writer: WriterStats, gauges: dict[str, float],
                 evicted: int, ts_ns: int, host: str) -> str:
     """One ``lifeline_ingest`` point with every counter and gauge as a field."""
-    fields = {
+    fields: dict[str, FieldValue] = {
         "received": counters.received,
         "decoded_values": counters.decoded,
         "readings": counters.readings,
@@ -163,10 +164,9 @@ def ingest_line(counters: IngestCounters, writer: WriterStats, gauges: dict[str,
         "dlq_evicted": evicted,
         "batches": counters.batches,
     }
-    parts = [f"{k}={int(v)}i" for k, v in fields.items()]
-    parts += [f"dead_{k}={int(v)}i" for k, v in sorted(counters.dead_by_reason.items())]
-    parts += [f"mqtt_session_lost_{k}={counters.sessions_lost[k]}i"
-              for k in SESSION_LOST_REASONS]
-    parts += [f"{k}={float(v)!r}" for k, v in gauges.items()]
-    parts.append(f"write_latency_s={writer.last_latency_s!r}")
-    return f"lifeline_ingest,host={escape_tag(host)} {','.join(parts)} {ts_ns}"
+    fields.update((f"dead_{k}", int(v)) for k, v in sorted(counters.dead_by_reason.items()))
+    fields.update((f"mqtt_session_lost_{k}", int(counters.sessions_lost[k]))
+                  for k in SESSION_LOST_REASONS)
+    fields.update((k, float(v)) for k, v in gauges.items())
+    fields["write_latency_s"] = float(writer.last_latency_s)
+    return INGEST.line({"host": host}, fields, ts_ns)

@@ -42,6 +42,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from common.retry import Backoff
 from ingest.errors import BrokerRejectedError, BrokerUnavailableError, IngestError
 from ingest.gctuning import tune_gc_for_throughput
 from ingest.raw import RawBuffer, RawMessage
@@ -384,8 +385,11 @@ class ProcessSubscriber:
         self.status = ChildStatus()
         self.subscribed.clear()
         self.restarts += 1
-        delay = 1.0
+        backoff = Backoff(base_s=1.0, max_s=self.options.reconnect_max_s)
+        attempt = 0
         while not self._stopping:
+            attempt += 1
+            delay = backoff.delay(attempt)
             try:
                 with self._send_lock:  # acks meanwhile go to the new process, which refuses
                     self._spawn()      # them (old connection); the writer never waits here
@@ -395,7 +399,6 @@ class ProcessSubscriber:
                 log.error("MQTT network process could not connect: %s; retrying in %.0fs",
                           exc, delay)
             time.sleep(delay)
-            delay = min(delay * 2, self.options.reconnect_max_s)
 
     def _wait_child(self, timeout: float) -> int | None:
         """Reap the network process; its exit code, None if it is still running."""

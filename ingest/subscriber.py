@@ -16,6 +16,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from common.retry import Backoff, RetriesExhaustedError, retry_until
 from ingest.errors import BrokerRejectedError, BrokerUnavailableError
 from ingest.mqttsocket import BufferedClient, FastClient
 from ingest.raw import RawMessage
@@ -144,31 +145,28 @@ class MqttSubscriber:
         opts = self.options
         where = f"MQTT broker {opts.host}:{opts.port}"
         deadline = time.monotonic() + opts.connect_timeout_s
-        delay = 0.5
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                self._connect()
-                break
-            except ssl.SSLError as exc:  # before OSError: a subclass, and not transient
-                detail, hint = exc.reason or str(exc), ""
-                if isinstance(exc, ssl.SSLCertVerificationError):
-                    detail = f"certificate verify failed: {exc.verify_message}"
-                    hint = " (check mqtt.tls_ca_file)"
-                raise BrokerRejectedError(f"TLS with {where} failed: {detail}{hint}") from exc
-            except OSError as exc:
-                if time.monotonic() + delay > deadline:
-                    raise BrokerUnavailableError(
-                        f"MQTT broker {opts.host}:{opts.port} unreachable after {attempt} "
-                        f"attempts: {exc}"
-                    ) from exc
-                log.warning(
-                    "MQTT broker %s:%d unreachable (attempt %d): %s; retrying in %.1fs",
-                    opts.host, opts.port, attempt, exc, delay,
-                )
-                time.sleep(delay)
-                delay = min(delay * 2, opts.reconnect_max_s)
+
+        def retrying(attempt: int, exc: Exception, delay: float) -> None:
+            log.warning("MQTT broker %s:%d unreachable (attempt %d): %s; retrying in %.1fs",
+                        opts.host, opts.port, attempt, exc, delay)
+
+        try:
+            # SSLError is an OSError but not transient
+            retry_until(self._connect, Backoff(base_s=0.5, max_s=opts.reconnect_max_s),
+                        retryable=lambda exc: (isinstance(exc, OSError)
+                                               and not isinstance(exc, ssl.SSLError)),
+                        deadline=deadline, on_retry=retrying)
+        except ssl.SSLError as exc:
+            detail, hint = exc.reason or str(exc), ""
+            if isinstance(exc, ssl.SSLCertVerificationError):
+                detail = f"certificate verify failed: {exc.verify_message}"
+                hint = " (check mqtt.tls_ca_file)"
+            raise BrokerRejectedError(f"TLS with {where} failed: {detail}{hint}") from exc
+        except RetriesExhaustedError as exc:
+            raise BrokerUnavailableError(
+                f"MQTT broker {opts.host}:{opts.port} unreachable after {exc.attempts} "
+                f"attempts: {exc.error}"
+            ) from exc.error
         self.client.loop_start()
         self._connack.wait(max(deadline - time.monotonic(), 1.0))
         if self._refused is not None or not self._connack.is_set():

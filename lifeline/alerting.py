@@ -10,31 +10,33 @@ from collections.abc import Callable, Sequence
 
 from sqlalchemy.engine import Engine
 
-from alerts.cases import CaseBook
+from alerts.cases.book import CaseBook
+from alerts.cases.kpi import period_lines
+from alerts.cases.model import CaseConfig, Route, StageDeadlines
+from alerts.delivery.outbox import DeliveryConfig, OutboxWorker
+from alerts.delivery.webhook import HttpNotifier
 from alerts.errors import AlertsError
-from alerts.kpi import period_lines
-from alerts.model import AlertConfig, CaseConfig, Route, StageDeadlines
-from alerts.noise import DeviceStateView
-from alerts.outbox import DeliveryConfig, OutboxWorker
-from alerts.pipeline import AlertPipeline
-from alerts.webhook import HttpNotifier
+from alerts.lifecycle.model import AlertConfig
+from alerts.lifecycle.pipeline import AlertPipeline
+from alerts.lifecycle.stages.stage import DeviceStateView
+from common.retry import Backoff
 from devices.registry import DeviceLookup
 from devices.status import LinkStatus, StatusTracker
+from lifeline.notifying import notify_runtime
 from lifeline.settings import Settings
-from rules.model import Finding, Severity, parse_duration_ns
+from rules.model import Finding, Severity
 
 log = logging.getLogger(__name__)
 
-
-def _ns(value: str) -> int:
-    return parse_duration_ns(value) if value else 0
+STORE_BACKOFF = Backoff(base_s=0.1, max_s=5.0)
+"""Waits while the database is away: 0.1 s doubling up to 5 s."""
 
 
 def alert_config(settings: Settings) -> AlertConfig:
     """Lifecycle and noise settings for :mod:`alerts`."""
     a = settings.alerts
-    return AlertConfig(pending_ns=_ns(a.pending_for), reopen_ns=_ns(a.reopen_window),
-                       resolve_delay_ns=_ns(a.resolve_delay), flap_window_ns=_ns(a.flap_window),
+    return AlertConfig(pending_ns=a.pending_for.ns, reopen_ns=a.reopen_window.ns,
+                       resolve_delay_ns=a.resolve_delay.ns, flap_window_ns=a.flap_window.ns,
                        flap_threshold=a.flap_threshold)
 
 
@@ -43,11 +45,11 @@ def case_config(settings: Settings) -> CaseConfig:
     c = settings.cases
     return CaseConfig(
         auto_register=Severity(c.auto_register_severity), min_severity=Severity(c.min_severity),
-        group_window_ns=_ns(c.group_window), default_unit=c.default_unit,
+        group_window_ns=c.group_window.ns, default_unit=c.default_unit,
         routes=tuple(Route(r.grid, r.device_type, r.unit) for r in c.routing),
-        deadlines={k: StageDeadlines(_ns(d.registration), _ns(d.dispatch), _ns(d.handle),
-                                     _ns(d.verify)) for k, d in c.deadlines.items()},
-        verify_after_ns=_ns(c.verify_after), auto_verify=c.auto_verify, auto_close=c.auto_close,
+        deadlines={k: StageDeadlines(d.registration.ns, d.dispatch.ns, d.handle.ns,
+                                     d.verify.ns) for k, d in c.deadlines.items()},
+        verify_after_ns=c.verify_after.ns, auto_verify=c.auto_verify, auto_close=c.auto_close,
         redispatch_on_return=c.redispatch_on_return,
     )
 
@@ -60,13 +62,13 @@ def alert_configs(settings: Settings) -> tuple[AlertConfig, CaseConfig]:
 def delivery_config(settings: Settings) -> DeliveryConfig:
     """Retry rules of the webhook worker."""
     w = settings.webhook
-    return DeliveryConfig(max_attempts=w.max_attempts, max_age_ns=_ns(w.max_age),
+    return DeliveryConfig(max_attempts=w.max_attempts, max_age_ns=w.max_age.ns,
                           base_delay_s=w.base_delay, max_delay_s=w.max_delay,
-                          concurrency=w.concurrency, fallback_after_ns=_ns(w.fallback_after))
+                          concurrency=w.concurrency, fallback_after_ns=w.fallback_after.ns)
 
 
 class TrackerStateView:
-    """:class:`~alerts.noise.DeviceStateView` over the devices status tracker.
+    """:class:`~alerts.lifecycle.stages.stage.DeviceStateView` over the devices status tracker.
 
     Offline comes from the tracker's link state; maintenance windows are silences of kind
     ``maintenance`` and sensor faults are the device's own ``event:fault`` alerts, both
@@ -109,11 +111,16 @@ class AlertsRuntime:
                         if w.fallback_url else None)
             self.worker = OutboxWorker(engine, HttpNotifier(w.url, secret, timeout=w.timeout),
                                        fallback=fallback, config=delivery_config(settings))
+        # notification channels: rows routed beside the webhook's, sent by their own worker
+        # (a delivery worker of the service: lifeline.service.Service.workers)
+        self.notify = notify_runtime(settings.notify, engine, registry)
+        if self.notify is not None:
+            self.pipeline.cases.fanout = self.notify.router
         self._stop = threading.Event()
         self._queue: queue.Queue[list[Finding]] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="alerts", daemon=True)
-        self._kpi_interval_s = _ns(settings.cases.kpi_interval) / 1e9
-        self._kpi_period_ns = _ns(settings.cases.kpi_period)
+        self._kpi_interval_s = settings.cases.kpi_interval.seconds
+        self._kpi_period_ns = settings.cases.kpi_period.ns
 
     def use_device_state(self, view: DeviceStateView) -> None:
         """Inhibition asks ``view`` about devices from now on."""
@@ -122,12 +129,14 @@ class AlertsRuntime:
     def case_book(self) -> CaseBook:
         """A case book for the API thread (writes its case lines straight to InfluxDB)."""
         return CaseBook(self.pipeline.cases.config, lambda line: self._write_lines([line]),
-                        lock=self.pipeline.cases.lock)
+                        lock=self.pipeline.cases.lock, fanout=self.pipeline.cases.fanout)
 
     def wake(self) -> None:
         """New outbox rows were committed."""
         if self.worker is not None:
             self.worker.wake()
+        if self.notify is not None:
+            self.notify.worker.wake()
 
     def start(self) -> None:
         """Start the outbox worker and the alerts thread."""
@@ -148,7 +157,7 @@ class AlertsRuntime:
     def _apply(self, findings: list[Finding]) -> None:
         """Apply findings; while the database is away, retry (holding this thread) so no
         transition is lost — when stopping, give up after 30 s and log what is dropped."""
-        delay = 0.1
+        failures = 0
         give_up_at: float | None = None
         i = 0
         while i < len(findings):
@@ -164,11 +173,11 @@ class AlertsRuntime:
                         return
                 log.error("alerts store unavailable (%d findings waiting): %s",
                           len(findings) - i, exc)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                failures += 1
+                time.sleep(STORE_BACKOFF.delay(failures))
                 continue
             i += 1
-            delay = 0.1
+            failures = 0
             if self.pipeline.notified != notified:
                 self.wake()  # committed outbox rows go out now, not after the whole batch
 
@@ -224,3 +233,4 @@ class AlertsRuntime:
             log.error("alerts: %s", exc)
         if self.worker is not None:
             self.worker.stop(timeout)
+

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from fastapi import Depends, FastAPI
 from prometheus_client import CollectorRegistry
+from prometheus_client.registry import Collector
 from sqlalchemy.engine import Engine
 
 from lifeline.api import alerts as alerts_api
@@ -18,16 +19,26 @@ from lifeline.api import deliveries as deliveries_api
 from lifeline.api import devices as devices_api
 from lifeline.api import health
 from lifeline.api import ingest as ingest_api
+from lifeline.api import notify as notify_api
 from lifeline.api import rules as rules_api
 from lifeline.api import schema as schema_api
+from lifeline.api import silences as silences_api
+from lifeline.api.deps import ApiContext, ReadyCheck
 from lifeline.api.limits import BodyLimitMiddleware
 from lifeline.auth import TokenStore
 from lifeline.metrics import StateCollector
 from lifeline.settings import Settings
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
-ReadyCheck = Callable[[], tuple[bool, str]]
+    from alerts.cases.book import CaseBook
+    from devices.store import CachedRegistry
+    from rules.engine import RuleEngine
+
+__all__ = ["ApiServer", "ReadyCheck", "create_app"]
+
+log = logging.getLogger(__name__)
 # Documented on every route behind a token (schemathesis checks every status is documented).
 AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "the body cannot be read (not UTF-8)"},
@@ -38,25 +49,38 @@ AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def create_app(settings: Settings, engine: Engine,
-               ready_checks: dict[str, ReadyCheck] | None = None) -> FastAPI:
-    """The API app; ``ready_checks`` feed ``/readyz``."""
+               ready_checks: dict[str, ReadyCheck] | None = None, *,
+               device_cache: CachedRegistry | None = None,
+               rule_engine: RuleEngine | None = None,
+               rules_reload: Callable[[], tuple[int, int]] | None = None,
+               case_book: CaseBook | None = None,
+               outbox_wake: Callable[[], None] | None = None,
+               collectors: Iterable[Collector] = ()) -> FastAPI:
+    """The API app; ``ready_checks`` feed ``/readyz``. The keyword arguments are the
+    service's runtime objects (see :class:`~lifeline.api.deps.ApiContext`);
+    ``collectors`` join the app's metrics registry."""
     # /docs, /redoc and /openapi.json need a viewer token (lifeline.api.schema): only
     # /healthz and /readyz are open.
     app = FastAPI(title="citylifeline", version="0.1.0", openapi_url=None, docs_url=None,
                   redoc_url=None, dependencies=[Depends(schema_api.reject_unknown_query)])
-    app.state.settings = settings
-    app.state.engine = engine
-    app.state.tokens = TokenStore(settings.api.tokens)
-    app.state.ready_checks = dict(ready_checks or {})
     # the app's own metrics (database state; the service adds its runtime figures)
-    app.state.metrics_registry = CollectorRegistry(auto_describe=False)
-    app.state.metrics_registry.register(StateCollector(engine))
+    metrics_registry = CollectorRegistry(auto_describe=False)
+    metrics_registry.register(StateCollector(engine))
+    for collector in collectors:
+        metrics_registry.register(collector)
+    app.state.context = ApiContext(
+        settings=settings, engine=engine, tokens=TokenStore(settings.api.tokens),
+        metrics_registry=metrics_registry, ready_checks=dict(ready_checks or {}),
+        device_cache=device_cache, rule_engine=rule_engine, rules_reload=rules_reload,
+        case_book=case_book, outbox_wake=outbox_wake)
     app.include_router(health.router)
     app.include_router(devices_api.router, responses=AUTH_ERRORS)
     app.include_router(ingest_api.router, responses=AUTH_ERRORS)
     app.include_router(alerts_api.router, responses=AUTH_ERRORS)
+    app.include_router(silences_api.router, responses=AUTH_ERRORS)
     app.include_router(cases_api.router, responses=AUTH_ERRORS)
     app.include_router(deliveries_api.router, responses=AUTH_ERRORS)
+    app.include_router(notify_api.router, responses=AUTH_ERRORS)
     app.include_router(rules_api.router, responses=AUTH_ERRORS)
     app.include_router(schema_api.router)
     schema_api.install_openapi(app)

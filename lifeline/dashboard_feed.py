@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from alerts.outbox import OutboxWorker
+from alerts.delivery.outbox import OutboxWorker
 from dashboards.lines import device_info_lines, service_line
 from devices.model import Device
 

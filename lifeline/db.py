@@ -91,11 +91,12 @@ def migrate(engine: Engine, components: Mapping[str, Sequence[Migration]]) -> di
 
 def schema_components() -> dict[str, Sequence[Migration]]:
     """Every package's migrations, in dependency order."""
-    from alerts.schema import MIGRATIONS as ALERTS  # noqa: PLC0415 - avoid import cycles
+    from alerts.migrations import MIGRATIONS as ALERTS  # noqa: PLC0415 - avoid import cycles
     from devices.store import MIGRATIONS as DEVICES  # noqa: PLC0415 - avoid import cycles
     from ingest.deadletter import MIGRATIONS as INGEST  # noqa: PLC0415 - avoid import cycles
+    from lifeline.leadership import MIGRATIONS as LEADERSHIP  # noqa: PLC0415 - import cycles
 
-    return {"devices": DEVICES, "ingest": INGEST, "alerts": ALERTS}
+    return {"devices": DEVICES, "ingest": INGEST, "alerts": ALERTS, "leadership": LEADERSHIP}
 
 
 def open_database(url: str) -> Engine:

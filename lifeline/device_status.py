@@ -16,7 +16,7 @@ import numpy.typing as npt
 from sqlalchemy.exc import SQLAlchemyError
 
 from devices.catalogue import Catalogue
-from devices.series import SeriesTable, escape_string_field, escape_tag
+from devices.series import SeriesTable
 from devices.status import (
     HYSTERESIS,
     Change,
@@ -30,7 +30,9 @@ from ingest.batch import Batch
 from ingest.decode import DecodeResult
 from lifeline.settings import DevicesSettings
 from rules.device_events import event_findings, status_findings
-from rules.model import Finding, parse_duration_ns
+from rules.model import Finding
+from tsdb.lineproto import FieldValue
+from tsdb.schema import DEVICE_STATUS
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +54,15 @@ class DeviceMonitor:
         self.tracker = StatusTracker(
             catalogue, registry.__iter__, registry.get, now_ns=now_ns,
             options=TrackerOptions(
-                holdoff_ns=parse_duration_ns(settings.holdoff),
-                will_grace_ns=parse_duration_ns(settings.will_grace),
+                holdoff_ns=settings.holdoff.ns,
+                will_grace_ns=settings.will_grace.ns,
                 mass_offline_fraction=settings.mass_offline_fraction,
                 mass_offline_min=settings.mass_offline_min,
             ),
         )
         self.tracker.load(store.states().values())
-        self._check_ns = parse_duration_ns(settings.check_interval)
-        self._refresh_ns = parse_duration_ns(settings.refresh_interval)
+        self._check_ns = settings.check_interval.ns
+        self._refresh_ns = settings.refresh_interval.ns
         self._last_check = now_ns
         self._last_refresh = now_ns
         # per series id: health metric code (0: none), its low limit, hysteresis, the
@@ -219,20 +221,16 @@ class DeviceMonitor:
 
     def _line(self, c: StatusChange) -> str:
         device = self.registry.get(c.device_id)
-        tags = [f"device={escape_tag(c.device_id)}"]
+        tags = {"device": c.device_id}
         if device is not None:
-            tags.append(f"type={escape_tag(device.type)}")
-            for key in ("grid", "district", "unit"):
-                value = getattr(device, key)
-                if value:
-                    tags.append(f"{key}={escape_tag(value)}")
+            tags.update(type=device.type, grid=device.grid, district=device.district,
+                        unit=device.unit)
         state = self.tracker.state(c.device_id)
-        fields = [f"change={escape_string_field(c.change.value)}",
-                  f"state={escape_string_field(state.link.value)}",
-                  f"online={1 if state.link.value == 'online' else 0}i",
-                  f"battery_low={1 if state.battery_low else 0}i",
-                  f"weak_signal={1 if state.weak_signal else 0}i",
-                  f"reason={escape_string_field(c.reason)}"]
+        fields: dict[str, FieldValue] = {
+            "change": c.change.value, "state": state.link.value,
+            "online": 1 if state.link.value == "online" else 0,
+            "battery_low": 1 if state.battery_low else 0,
+            "weak_signal": 1 if state.weak_signal else 0, "reason": c.reason}
         if c.change in (Change.ONLINE, Change.OFFLINE):
             log.info("device %s device=%s reason=%s", c.change.value, c.device_id, c.reason)
-        return f"lifeline_device_status,{','.join(tags)} {','.join(fields)} {c.ts_ns}"
+        return DEVICE_STATUS.line(tags, fields, c.ts_ns)

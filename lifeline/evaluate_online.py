@@ -1,9 +1,9 @@
 """Evaluate a scenario through the real service: Mosquitto, InfluxDB, ``lifeline serve``.
 
-Private Mosquitto and InfluxDB (lifeline/harness.py) on free loopback ports; a
+Private Mosquitto and InfluxDB (devtools/harness.py) on free loopback ports; a
 ``lifeline serve`` subprocess with the scenario city's inventory, the rules and the
 alert/case settings of the evaluation, and a webhook to a local signed receiver
-(lifeline/receiver.py); the fleet runner publishing the scenario in accelerated
+(devtools/receiver.py); the fleet runner publishing the scenario in accelerated
 time. The service runs on event time (``[clock] source = "event"``, started at the
 scenario's start), so stale rules, offline tracking and the case clocks see the same
 time as the readings however fast they come. Scoring uses only what the service
@@ -32,12 +32,12 @@ from typing import Any, Literal
 import httpx
 import orjson
 
+from devtools.harness import Harness, HarnessError, free_port
+from devtools.receiver import ReceivedEvent, WebhookReceiver
 from lifeline.auth import new_token, token_digest
 from lifeline.errors import LifelineError
-from lifeline.evaluate import EvaluationSetup, is_process_finding
-from lifeline.harness import Harness, HarnessError, free_port
+from lifeline.evaluate import EvaluationSetup, is_process_finding, process_rule_ids
 from lifeline.progress import Progress
-from lifeline.receiver import ReceivedEvent, WebhookReceiver
 from lifeline.settings import Settings
 from rules.loader import load_rules
 from rules.model import Finding, FindingState, Rule, Severity
@@ -206,7 +206,8 @@ def evaluate_online(scenario: Scenario, settings: Settings, setup: EvaluationSet
             receiver.stop()
             harness.down()
         events = receiver.events()
-        detections, cases = from_webhooks(events, run, load_rules(setup.rule_paths))
+        rule_list = load_rules(setup.rule_paths)
+        detections, cases = from_webhooks(events, run, rule_list)
         extra = _extra(opts, stats, events, receiver, publish_s, started)
         extra["received"] = received
         if run.outages:
@@ -214,7 +215,8 @@ def evaluate_online(scenario: Scenario, settings: Settings, setup: EvaluationSet
                                "reconnects": stats.reconnects}
         report = score(run.truth, detections, cases, device_count=len(run.layout.devices),
                        duration_s=run.end_s - run.start_s, scenario=scenario.name,
-                       extra=extra)
+                       extra=extra, rule_kinds={r.id: r.kind for r in rule_list},
+                       detectors=process_rule_ids(rule_list))
         # Nothing the broker acknowledged may be missing at the service (a publish re-sent
         # after a reconnect may arrive twice: more is not a loss).
         report["lost"] = max(0, stats.messages - received)

@@ -11,7 +11,7 @@ Here:
 * :class:`RuntimeCollector` exposes in-memory figures of the running service: rule
   evaluation time and webhook delivery latency (histograms) and delivery counters.
 
-Both are registered in the API app's own registry (``app.state.metrics_registry``), so
+Both are registered in the API app's own registry (``ApiContext.metrics_registry``), so
 several apps in one process (tests) never collide; ``/metrics`` serves the process-wide
 registry followed by the app's.
 """
@@ -28,11 +28,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from sqlalchemy.engine import Engine
 
-from alerts.cases import overdue_stage
-from alerts.model import OPEN_CASE_STATES, AlertState, DeliveryStatus
-from alerts.outbox import OutboxWorker
-from alerts.schema import alerts, cases, outbox
-from alerts.store import case_from_row
+from alerts.cases.deadlines import overdue_stage
+from alerts.cases.model import OPEN_CASE_STATES
+from alerts.cases.store import case_from_row, cases
+from alerts.delivery.model import DeliveryStatus
+from alerts.delivery.outbox import OutboxWorker
+from alerts.delivery.store import outbox
+from alerts.lifecycle.model import AlertState
+from alerts.lifecycle.store import alerts
 from devices.status import LinkStatus
 from devices.store import devices_table, status_table
 from ingest.deadletter import Reason, dead_letters
@@ -122,7 +125,8 @@ class StateCollector(Collector):
         statuses = (DeliveryStatus.PENDING.value, DeliveryStatus.DEAD.value)
         found = {str(s): (int(n), oldest) for s, n, oldest in conn.execute(
             sa.select(outbox.c.status, sa.func.count(), sa.func.min(outbox.c.created_ns))
-            .where(outbox.c.status.in_(statuses)).group_by(outbox.c.status))}
+            .where(outbox.c.status.in_(statuses), outbox.c.target == "")
+            .group_by(outbox.c.status))}
         pending, oldest = found.get(DeliveryStatus.PENDING.value, (0, None))
         dead, _ = found.get(DeliveryStatus.DEAD.value, (0, None))
         age = max(0.0, (self.clock() - int(oldest)) / 1e9) if oldest is not None else 0.0
@@ -135,6 +139,21 @@ class StateCollector(Collector):
         yield GaugeMetricFamily("lifeline_webhook_outbox_oldest_pending_age_seconds",
                                 "age of the oldest pending webhook delivery (0: none)",
                                 value=age)
+        # notification channel rows (docs/notifications.md), by channel
+        waiting = GaugeMetricFamily("lifeline_notify_outbox_pending",
+                                    "channel messages waiting (retries, escalation steps, "
+                                    "quiet hours)", labels=["channel"])
+        given_up = GaugeMetricFamily("lifeline_notify_outbox_dead",
+                                     "channel messages given up (dead-lettered), not resent",
+                                     labels=["channel"])
+        for target, status, n in conn.execute(
+                sa.select(outbox.c.target, outbox.c.status, sa.func.count())
+                .where(outbox.c.status.in_(statuses), outbox.c.target != "")
+                .group_by(outbox.c.target, outbox.c.status)):
+            family = waiting if status == DeliveryStatus.PENDING.value else given_up
+            family.add_metric([str(target)], int(n))
+        yield waiting
+        yield given_up
 
     def _dead_letters(self, conn: sa.Connection) -> Iterator[Family]:
         counts = dict.fromkeys(STORED_REASONS, 0)

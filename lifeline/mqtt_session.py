@@ -24,7 +24,7 @@ from typing import Final, Protocol
 
 import orjson
 
-from alerts.model import SERVICE_RULE_PREFIX
+from alerts.lifecycle.model import SERVICE_RULE_PREFIX
 from ingest.metrics import IngestCounters
 from ingest.subscriber import MqttOptions
 from rules.model import Finding, FindingState, Severity

@@ -25,11 +25,11 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from alerts.cases import overdue_stage
-from alerts.kpi import KpiScope, compute
-from alerts.model import CaseState
-from alerts.schema import alerts, case_history, cases
-from alerts.store import case_from_row
+from alerts.cases.deadlines import overdue_stage
+from alerts.cases.kpi import KpiScope, compute
+from alerts.cases.model import CaseState
+from alerts.cases.store import case_from_row, case_history, cases
+from alerts.lifecycle.store import alerts
 from dashboards.definitions import KPIS
 from dashboards.report import AlertRow, CaseRow, DeviceRow, Kpi, Snapshot
 from devices.store import changes_table, devices_table, status_table

@@ -1,4 +1,11 @@
-"""Service wiring: MQTT → decode → (InfluxDB writer ∥ rule engine → alerts → webhooks)."""
+"""The service: adapters around one :class:`~lifeline.pipeline.Pipeline`, periodic tasks
+and workers.
+
+MQTT → raw buffer → pipeline (decode → (InfluxDB writer ∥ rules → device events →
+alerts)) → webhooks. The ingest loop steps the pipeline and runs the periodic tasks
+(:mod:`lifeline.scheduler`) between batches; delivery workers (the alerts runtime and
+its outbox, and any other delivery target) are in :attr:`Service.workers`.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +15,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Protocol
 
-from sqlalchemy.exc import SQLAlchemyError
-
-from alerts.store import open_alert_series
+from common.retry import Backoff, RetriesExhaustedError, retry_until
 from devices.catalogue import Catalogue
 from devices.registry import read_inventory
 from devices.series import SeriesTable
@@ -19,15 +25,14 @@ from devices.store import CachedRegistry, DeviceStore
 from devices.topics import TopicKind, TopicScheme
 from ingest.batch import RawBuffer, RawMessage
 from ingest.deadletter import DeadLetter, DeadLetterStore, Reason
-from ingest.decode import DecodeLimits, Decoder
+from ingest.decode import DecodeLimits, Decoder, DecodeResult
 from ingest.errors import WriteError
 from ingest.influx import InfluxV1Transport, InfluxV2Transport, InfluxWriter
-from ingest.lineproto import batch_lines
 from ingest.metrics import IngestCollector, IngestCounters, ingest_line
 from ingest.netproc import ProcessSubscriber
 from ingest.spool import Spool
 from ingest.subscriber import MqttOptions, MqttSubscriber
-from lifeline.alerting import AlertsRuntime, TrackerStateView
+from lifeline.alerting import STORE_BACKOFF, AlertsRuntime, TrackerStateView
 from lifeline.app import ApiServer, ReadyCheck, create_app
 from lifeline.clock import ServiceClock, parse_instant_ns
 from lifeline.dashboard_feed import DeviceInfoFeed, service_metrics_line
@@ -36,11 +41,12 @@ from lifeline.device_status import DeviceMonitor
 from lifeline.errors import LifelineError
 from lifeline.metrics import RuntimeCollector, rule_evaluation_histogram
 from lifeline.mqtt_session import SessionWatch
+from lifeline.pipeline import Pipeline
+from lifeline.rules_runtime import RuleUpkeep
+from lifeline.scheduler import PeriodicTask, Scheduler
 from lifeline.settings import Settings
 from rules.engine import RuleEngine
-from rules.errors import RulesError
 from rules.loader import load_rules
-from rules.model import parse_duration_ns
 
 log = logging.getLogger(__name__)
 
@@ -60,80 +66,99 @@ class ServiceStats:
     findings: int = 0
 
 
+class Worker(Protocol):
+    """A background worker the service starts and stops (delivery targets …)."""
+
+    def start(self) -> None:
+        """Start working."""
+
+    def stop(self) -> None:
+        """Finish what is due and stop."""
+
+
+class RetryingDeadLetters:
+    """The dead-letter table as the pipeline's dead-letter port: retries while the
+    database is away (holding the pipeline: letters are never dropped) and counts."""
+
+    def __init__(self, store: DeadLetterStore, stats: ServiceStats,
+                 ingest: IngestCounters) -> None:
+        self._table = store
+        self._stats = stats
+        self._ingest = ingest
+
+    def store(self, letters: list[DeadLetter]) -> None:
+        """Keep ``letters``; blocks (retrying) until they are stored."""
+        failures = 0
+        while True:
+            try:
+                self._stats.dead_lettered += self._table.add_many(letters)
+            except Exception as exc:  # database errors: never drop the letters
+                log.error("dead-letter store unavailable (%d letters waiting): %s",
+                          len(letters), exc)
+                failures += 1
+                time.sleep(STORE_BACKOFF.delay(failures))
+                continue
+            for dl in letters:
+                self._ingest.dead_by_reason[dl.reason.value] += 1
+            return
+
+
 def mqtt_options(settings: Settings) -> MqttOptions:
     """Subscriber options from the settings."""
     m = settings.mqtt
     return MqttOptions(
         host=m.host, port=m.port, client_id=m.client_id, protocol=m.protocol, qos=m.qos,
         clean_start=m.clean_start,
-        session_expiry_s=parse_duration_ns(m.session_expiry) // 1_000_000_000,
+        session_expiry_s=m.session_expiry.ns // 1_000_000_000,
         keepalive_s=m.keepalive, username=m.username, password=m.password.get_secret_value(),
         tls=m.tls, tls_ca_file=m.tls_ca_file, shared_group=m.shared_group,
-        connect_timeout_s=parse_duration_ns(m.connect_timeout) / 1e9,
+        connect_timeout_s=m.connect_timeout.seconds,
         buffered_reads=m.buffered_reads,
     )
 
 
 class Service:
-    """The running service; built from settings, started, stopped."""
+    """The running service; built from settings, started, stopped.
+
+    Adapters (broker subscriber, InfluxDB writer, databases, alerts runtime, device
+    monitor) around one :class:`~lifeline.pipeline.Pipeline`; housekeeping is the
+    :attr:`tasks` list (one scheduler, run by the ingest loop); :attr:`workers` are
+    started after the writer and stopped, in list order, after the pipeline drained.
+    """
+
+    api: ApiServer | None = None
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.stats = ServiceStats()
-        ck = settings.clock
+        ck, ing = settings.clock, settings.ingest
         # timers follow wall time, or reading times for simulation/replay ([clock])
         self.clock = ServiceClock(ck.source, parse_instant_ns(ck.start) if ck.start else None,
-                                  parse_duration_ns(settings.ingest.max_future))
-        self._stop = threading.Event()
+                                  ing.max_future.ns)
         catalogue = Catalogue.builtin()
         if settings.devices.catalogue:
             catalogue = Catalogue.load(settings.devices.catalogue, catalogue)
-        self.catalogue = catalogue
         settings.run_dir.mkdir(parents=True, exist_ok=True)
         self.db = open_database(settings.database_url)
         self.device_store = DeviceStore(self.db)
         if settings.devices.inventory:  # the inventory file is imported into the registry
             self.device_store.upsert_many(read_inventory(settings.devices.inventory, catalogue))
         self.registry = CachedRegistry(self.device_store)
-        self.series = SeriesTable()
-        self.scheme = TopicScheme(settings.mqtt.prefix)
-        ing = settings.ingest
-        self.decoder = Decoder(
-            self.scheme, self.registry, catalogue, self.series,
-            DecodeLimits(
-                max_payload_bytes=ing.max_payload_bytes,
-                max_future_ns=parse_duration_ns(ing.max_future),
-                max_past_ns=parse_duration_ns(ing.max_past),
-                dedup_window=ing.dedup_window,
-            ),
-        )
-        self.rules = load_rules(settings.rules.paths)
-        self.engine = RuleEngine(self.rules, self.series, timezone=settings.rules.timezone)
+        series = SeriesTable()
+        scheme = TopicScheme(settings.mqtt.prefix)
+        decoder = Decoder(scheme, self.registry, catalogue, series, DecodeLimits(
+            max_payload_bytes=ing.max_payload_bytes,
+            max_future_ns=ing.max_future.ns,
+            max_past_ns=ing.max_past.ns, dedup_window=ing.dedup_window))
+        rules = RuleEngine(load_rules(settings.rules.paths), series,
+                           timezone=settings.rules.timezone)
         self.rule_evaluation = rule_evaluation_histogram()  # /metrics
-        self.rules_state = (settings.run_dir / settings.rules.state_file
-                            if settings.rules.state_file else None)
-        self._rules_reload = threading.Event()
-        self._rules_tick_at = self._rules_save_at = time.monotonic()
-        self._rules_tick_event_ns = self.clock.now_ns()
-        # event clock: the connect (subscriber.connects) whose readings have moved the clock
-        self._heard_on_connect = 0
-        self._restore_rule_state()
         self.dead_letters = DeadLetterStore(self.db, max_rows=ing.dlq_max_rows,
                                             max_payload=ing.max_payload_bytes)
-        inf = settings.influx
-        self.transport: InfluxV1Transport | InfluxV2Transport
-        if inf.version == 2:
-            self.transport = InfluxV2Transport(
-                inf.url, org=inf.org, bucket=inf.bucket, token=inf.token.get_secret_value(),
-                gzip_body=inf.gzip, timeout=inf.timeout)
-        else:
-            self.transport = InfluxV1Transport(
-                inf.url, inf.database, retention_policy=inf.retention_policy,
-                username=inf.username, password=inf.password.get_secret_value(),
-                gzip_body=inf.gzip, timeout=inf.timeout,
-            )
+        self.transport = influx_transport(settings)
         self.spool = Spool(ing.spool_dir or settings.run_dir / "spool", ing.spool_max_bytes,
                            fsync=ing.spool_fsync)
+        inf = settings.influx
         self.writer = InfluxWriter(self.transport, batch_lines=inf.batch_lines,
                                    flush_interval=inf.flush_interval, retries=inf.retries,
                                    spool=self.spool, on_written=self._on_written,
@@ -143,11 +168,23 @@ class Service:
                                        lambda: self.dead_letters.evicted)
         self.alerts = AlertsRuntime(settings, self.db, self.registry, self.writer.submit)
         self.alerts.pipeline.clock = self.clock.now_ns
-        self.devices = DeviceMonitor(self.device_store, self.registry, catalogue, self.series,
+        self.devices = DeviceMonitor(self.device_store, self.registry, catalogue, series,
                                      self.writer.submit, settings.devices,
                                      now_ns=self.clock.now_ns())
         self.alerts.use_device_state(TrackerStateView(self.devices.tracker))  # inhibition
         self.device_info = DeviceInfoFeed(self.registry.__iter__, self.writer.submit)
+        self.pipeline = Pipeline(
+            decoder, rules, series, devices=self.devices, alerts=self.alerts, clock=self.clock,
+            dead_letters=RetryingDeadLetters(self.dead_letters, self.stats, self.ingest),
+            writer=self.writer,
+            rule_timer=lambda kind, s: self.rule_evaluation.labels(kind).observe(s),
+            on_decoded=self._count_decoded)
+        rs = settings.rules
+        self.rules = RuleUpkeep(self.pipeline, rs.paths, self.clock,
+                                settings.run_dir / rs.state_file if rs.state_file else None,
+                                tick_interval=rs.tick_interval, save_interval=rs.save_interval,
+                                on_findings=self._count_findings)
+        self.rules.restore_state(self.registry, self.db)
         self.buffer = RawBuffer(wake_at=ing.batch_messages, limit=ing.raw_buffer_max)
         options = mqtt_options(settings)
         # the persistent session: lost → counted, warned, service alert (and across restarts)
@@ -156,36 +193,37 @@ class Service:
         options = replace(options, expect_session=self.session_watch.expected_at_start())
         subscriber_class = ProcessSubscriber if settings.mqtt.network_process else MqttSubscriber
         self.subscriber: MqttSubscriber | ProcessSubscriber = subscriber_class(
-            options,
-            [self.scheme.subscription(kind) for kind in TopicKind],
-            self.buffer,
-        )
-        log.info("loaded %d devices, %d rules", len(self.registry), len(self.rules))
+            options, [scheme.subscription(kind) for kind in TopicKind], self.buffer)
+        # event clock: the connect (subscriber.connects) whose readings have moved the clock
+        self._heard_on_connect = 0
+        # delivery workers: the alerts runtime (and its webhook outbox) first; channels
+        # append theirs — started after the writer, stopped in this order after the drain
+        self.workers: list[Worker] = [self.alerts]
+        if self.alerts.notify is not None:  # notification channels (docs/notifications.md)
+            self.workers.append(self.alerts.notify.worker)
+        self.tasks = Scheduler([
+            PeriodicTask("dead-letter-replay", 1.0, self.replay_dead_letters),
+            PeriodicTask("devices-tick", 0.0, self._devices_tick),
+            PeriodicTask("mqtt-session", 0.0, lambda: self.session_watch.check(self.subscriber)),
+            *self.rules.tasks(),
+            PeriodicTask("self-metrics", ing.metrics_interval.seconds,
+                         self.write_self_metrics),
+            PeriodicTask("progress-log", 10.0, self._log_progress),
+        ])
+        log.info("loaded %d devices, %d rules", len(self.registry), len(rules.rules))
 
     def _on_written(self, lines: int) -> None:
         self.stats.stored_lines += lines
 
+    def _count_findings(self, n: int) -> None:
+        self.stats.findings += n
+
     def _on_rejected(self, lines: list[str], error: str) -> None:
         """InfluxDB refused these lines as malformed: keep them as dead letters."""
         now = time.time_ns()
-        self._store_dead([DeadLetter("influx:write", line.encode(), Reason.WRITE_REJECTED,
-                                     error, now) for line in lines])
-
-    def _store_dead(self, letters: list[DeadLetter]) -> None:
-        """Store dead letters, retrying while the database is away (holds the pipeline)."""
-        delay = 0.1
-        while True:
-            try:
-                self.stats.dead_lettered += self.dead_letters.add_many(letters)
-            except Exception as exc:  # database errors: never drop the letters
-                log.error("dead-letter store unavailable (%d letters waiting): %s",
-                          len(letters), exc)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            for dl in letters:
-                self.ingest.dead_by_reason[dl.reason.value] += 1
-            return
+        self.pipeline.dead_letters.store([DeadLetter("influx:write", line.encode(),
+                                                     Reason.WRITE_REJECTED, error, now)
+                                          for line in lines])
 
     def _ingest_gauges(self) -> dict[str, float]:
         return {
@@ -209,21 +247,20 @@ class Service:
         self.metrics.register()
         self.writer.start()
         self.device_info.maybe_write()  # lifeline_device_info: map and variables of dashboards
-        self.alerts.start()
+        for worker in self.workers:
+            worker.start()
         self.subscriber.start()
         if self.settings.api.enabled:
-            app = create_app(self.settings, self.db, self.ready_checks())
-            app.state.device_cache = self.registry  # the devices API refreshes it on changes
-            app.state.case_book = self.alerts.case_book()  # case actions write lifeline_case
-            app.state.outbox_wake = self.alerts.wake
-            app.state.rule_engine = self.engine  # GET /api/v1/rules
-            app.state.rules_reload = self.reload_rules  # POST /api/v1/rules/reload
-            app.state.metrics_registry.register(
-                RuntimeCollector(self.rule_evaluation, self.alerts.worker))
+            app = create_app(
+                self.settings, self.db, self.ready_checks(),
+                device_cache=self.registry,  # the devices API refreshes it on changes
+                case_book=self.alerts.case_book(),  # case actions write lifeline_case
+                outbox_wake=self.alerts.wake,
+                rule_engine=self.pipeline.engine,  # GET /api/v1/rules
+                rules_reload=self.reload_rules,  # POST /api/v1/rules/reload
+                collectors=[RuntimeCollector(self.rule_evaluation, self.alerts.worker)])
             self.api = ApiServer(app, self.settings.api.host, self.settings.api.port)
             self.api.start()
-
-    api: ApiServer | None = None
 
     def ready_checks(self) -> dict[str, ReadyCheck]:
         """Readiness of each dependency, for ``/readyz``."""
@@ -251,29 +288,28 @@ class Service:
 
     def _wait_for_influx(self) -> None:
         inf = self.settings.influx
-        deadline = time.monotonic() + parse_duration_ns(self.settings.mqtt.connect_timeout) / 1e9
-        delay = 0.5
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                self.transport.ping()
-                if inf.create_database and isinstance(self.transport, InfluxV1Transport):
-                    self.transport.create_database()
-                return
-            except WriteError as exc:
-                if time.monotonic() + delay > deadline:
-                    raise StartupError(
-                        f"InfluxDB at {inf.url} unreachable after {attempt} attempts: {exc}"
-                    ) from exc
-                log.warning("InfluxDB at %s not answering (attempt %d); retrying in %.1fs",
-                            inf.url, attempt, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        deadline = time.monotonic() + self.settings.mqtt.connect_timeout.seconds
+
+        def ready() -> None:
+            self.transport.ping()
+            if inf.create_database and isinstance(self.transport, InfluxV1Transport):
+                self.transport.create_database()
+
+        def retrying(attempt: int, exc: Exception, delay: float) -> None:
+            log.warning("InfluxDB at %s not answering (attempt %d); retrying in %.1fs",
+                        inf.url, attempt, delay)
+
+        try:
+            retry_until(ready, Backoff(base_s=0.5, max_s=10.0),
+                        retryable=lambda exc: isinstance(exc, WriteError),
+                        deadline=deadline, on_retry=retrying)
+        except RetriesExhaustedError as exc:
+            raise StartupError(f"InfluxDB at {inf.url} unreachable after {exc.attempts} "
+                               f"attempts: {exc.error}") from exc.error
 
     def step(self, replayed: list[RawMessage] | None = None,
              on_durable: Callable[[], None] | None = None) -> int:
-        """Decode and dispatch one batch from the buffer (or ``replayed`` dead letters).
+        """Run one batch from the buffer (or ``replayed`` dead letters) through the pipeline.
 
         QoS 1/2 messages are acknowledged once their readings are in InfluxDB or the
         spool and their dead letters are stored: the writer calls back in order.
@@ -282,7 +318,20 @@ class Service:
         messages = replayed or self.buffer.drain(self.settings.ingest.batch_messages)
         if not messages:
             return 0
-        result = self.decoder.decode(messages)
+        callback = on_durable
+        if callback is None and replayed is None:
+            acks = [m for m in messages if m.qos]
+            if acks:
+                callback = functools.partial(self.subscriber.ack, acks)
+        out = self.pipeline.step(messages, callback)
+        if replayed is None and len(out.decoded.batch):
+            self._heard_on_connect = connects
+        self.stats.findings += out.rule_findings
+        return len(messages)
+
+    def _count_decoded(self, result: DecodeResult) -> None:
+        """Counters of one decoded batch (before it is stored, as before the pipeline
+        object: ``lifeline bench ingest`` watches ``decoded_values``)."""
         self.stats.received += result.messages
         self.stats.decoded_values += len(result.batch)
         ing = self.ingest
@@ -293,56 +342,26 @@ class Service:
         ing.events += len(result.events)
         ing.statuses += len(result.statuses)
         ing.observe_batch(result.messages)
-        if result.dead:
-            self._store_dead(result.dead)
-        callback = on_durable
-        if callback is None and replayed is None:
-            acks = [m for m in messages if m.qos]
-            if acks:
-                callback = functools.partial(self.subscriber.ack, acks)
-        self.writer.submit(batch_lines(result.batch, self.series), callback)
-        self.clock.observe(result.batch.ts_ns)
-        if replayed is None and len(result.batch):
-            self._heard_on_connect = connects
-        started = time.perf_counter()
-        findings = self.engine.evaluate(result.batch)
-        self.rule_evaluation.labels("batch").observe(time.perf_counter() - started)
-        self.stats.findings += len(findings)
-        if findings:
-            self.alerts.process(findings)
-        device_findings = self.devices.process(result, self.clock.now_ns())  # events, offline
-        if device_findings:
-            self.alerts.process(device_findings)
-        return len(messages)
 
     def run(self, stop: threading.Event) -> None:
-        """Process batches until ``stop`` is set, then drain and shut down."""
+        """Process batches and the periodic tasks until ``stop`` is set, then drain and
+        shut down."""
         interval = self.settings.ingest.flush_interval
-        last_report = time.monotonic()
-        metrics_every = parse_duration_ns(self.settings.ingest.metrics_interval) / 1e9
-        last_metrics = last_replay = time.monotonic()
         while not stop.is_set():
             if self.step() == 0:
                 self.buffer.wait(interval)
-            now = time.monotonic()
-            if now - last_replay >= 1.0:
-                last_replay = now
-                self.replay_dead_letters()
-            tick_findings = self.devices.tick(self._ingest_connected(),
-                                              self.subscriber.connects, self.clock.now_ns())
-            if tick_findings:
-                self.alerts.process(tick_findings)
-            self.session_watch.check(self.subscriber)
-            self.rules_housekeeping(now)
-            if now - last_metrics >= metrics_every:
-                last_metrics = now
-                self.write_self_metrics()
-            if time.monotonic() - last_report >= 10:
-                last_report = time.monotonic()
-                log.info("received=%d stored=%d dead=%d findings=%d buffered=%d",
-                         self.stats.received, self.stats.stored_lines,
-                         self.stats.dead_lettered, self.stats.findings, len(self.buffer))
+            self.tasks.run_due()
         self.shutdown()
+
+    def _devices_tick(self) -> None:
+        """Silence checks and the ingest-path state of the device tracker."""
+        self.alerts.process(self.devices.tick(self._ingest_connected(),
+                                              self.subscriber.connects, self.clock.now_ns()))
+
+    def _log_progress(self) -> None:
+        log.info("received=%d stored=%d dead=%d findings=%d buffered=%d",
+                 self.stats.received, self.stats.stored_lines,
+                 self.stats.dead_lettered, self.stats.findings, len(self.buffer))
 
     def _ingest_connected(self) -> bool:
         """The MQTT connection as the device tracker sees it. On the event clock a
@@ -355,75 +374,17 @@ class Service:
 
     def request_rules_reload(self) -> None:
         """Ask the run loop to reload the rule files (safe from a signal handler)."""
-        self._rules_reload.set()
+        self.rules.request_reload()
 
     def reload_rules(self) -> tuple[int, int]:
         """Load the rule files again; unchanged rules keep their state. Returns (kept, new).
 
         Raises RulesError (the running rules stay) when a file is invalid.
         """
-        rules = load_rules(self.settings.rules.paths)
-        kept, new = self.engine.reload(rules)
-        self.rules = rules
-        return kept, new
-
-    def rules_housekeeping(self, now: float) -> None:
-        """Pending reload, time-driven rules (stale) and periodic state saves."""
-        if self._rules_reload.is_set():
-            self._rules_reload.clear()
-            try:
-                self.reload_rules()
-            except RulesError as exc:
-                log.error("rule reload failed, keeping the running rules: %s", exc)
-        rs = self.settings.rules
-        tick_ns = parse_duration_ns(rs.tick_interval)
-        event_ns = self.clock.now_ns()
-        if (now - self._rules_tick_at >= tick_ns / 1e9
-                or (self.clock.event and event_ns - self._rules_tick_event_ns >= tick_ns)):
-            self._rules_tick_at, self._rules_tick_event_ns = now, event_ns
-            started = time.perf_counter()
-            findings = self.engine.tick(event_ns)
-            self.rule_evaluation.labels("tick").observe(time.perf_counter() - started)
-            self.stats.findings += len(findings)
-            if findings:
-                self.alerts.process(findings)
-        if now - self._rules_save_at >= parse_duration_ns(rs.save_interval) / 1e9:
-            self._rules_save_at = now
-            self.save_rule_state()
-
-    def save_rule_state(self) -> None:
-        """Write the rule state to ``rules.state_file`` (errors are logged, not raised)."""
-        if self.rules_state is None:
-            return
-        try:
-            self.engine.save_state(self.rules_state)
-        except (OSError, RulesError) as exc:
-            log.error("cannot save rule state to %s: %s", self.rules_state, exc)
-
-    def _restore_rule_state(self) -> None:
-        if self.rules_state is not None and self.rules_state.exists():
-            try:
-                self.engine.restore_state(self.rules_state, self.registry.get,
-                                          self.clock.now_ns())
-            except RulesError as exc:
-                log.error("rule state not restored, starting from zero: %s", exc)
-        self._align_with_open_alerts()
-
-    def _align_with_open_alerts(self) -> None:
-        """The saved rule state may be older than the alerts (a crash since the last
-        save): the rules fire for exactly the open alerts, so each can still resolve."""
-        try:
-            with self.db.connect() as conn:
-                open_series = open_alert_series(conn)
-        except SQLAlchemyError as exc:
-            log.error("cannot read the open alerts to align the rule state: %s", exc)
-            return
-        changed = self.engine.sync_firing(open_series, self.registry.get)
-        if changed:
-            log.warning("rule state aligned with the open alerts: %d series changed", changed)
+        return self.rules.reload()
 
     def replay_dead_letters(self) -> int:
-        """Feed dead letters marked for replay (CLI/API) through the decoder again."""
+        """Feed dead letters marked for replay (CLI/API) through the pipeline again."""
         try:
             letters = self.dead_letters.take_replays()
         except Exception as exc:
@@ -449,7 +410,8 @@ class Service:
         self.writer.submit([ingest_line(self.ingest, self.writer.stats, self._ingest_gauges(),
                                         self.dead_letters.evicted, time.time_ns(),
                                         self.settings.mqtt.client_id)])
-        self.writer.submit([service_metrics_line(self.stats, len(self.rules), self.alerts.worker,
+        self.writer.submit([service_metrics_line(self.stats, len(self.pipeline.engine.rules),
+                                                 self.alerts.worker,
                                                  self.settings.mqtt.client_id, time.time_ns())])
         self.device_info.maybe_write()
 
@@ -461,10 +423,11 @@ class Service:
         self.subscriber.pause()
         while self.step():
             pass
-        self.save_rule_state()
+        self.rules.save_state()
         self.write_self_metrics()
         self.devices.flush()
-        self.alerts.stop()  # last clock tick, then webhooks that are due (bounded wait)
+        for worker in self.workers:  # alerts: last clock tick, then webhooks that are due
+            worker.stop()
         self.writer.stop()
         if self.subscriber.connected:  # the session stays on the broker for the next run
             self.session_watch.record()
@@ -475,3 +438,15 @@ class Service:
         log.info("stopped: received=%d stored=%d dead=%d findings=%d",
                  self.stats.received, self.stats.stored_lines, self.stats.dead_lettered,
                  self.stats.findings)
+
+
+def influx_transport(settings: Settings) -> InfluxV1Transport | InfluxV2Transport:
+    """The InfluxDB transport (v1 or v2) from the settings."""
+    inf = settings.influx
+    if inf.version == 2:
+        return InfluxV2Transport(inf.url, org=inf.org, bucket=inf.bucket,
+                                 token=inf.token.get_secret_value(), gzip_body=inf.gzip,
+                                 timeout=inf.timeout)
+    return InfluxV1Transport(inf.url, inf.database, retention_policy=inf.retention_policy,
+                             username=inf.username, password=inf.password.get_secret_value(),
+                             gzip_body=inf.gzip, timeout=inf.timeout)

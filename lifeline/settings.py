@@ -31,11 +31,13 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from devices import safetoml
+from common import safetoml
+from common.duration import NO_DURATION, Duration, OptionalDuration
+from common.severity import SEVERITY_NAMES, Severity
 from lifeline.clock import parse_instant_ns
 from lifeline.errors import ConfigError
+from lifeline.notify_settings import NotifySettings
 from lifeline.redaction import REDACTED, mask_urls
-from rules.model import parse_duration_ns
 
 CONFIG_ENV = "LIFELINE_CONFIG"
 DEFAULT_CONFIG = Path("lifeline.toml")
@@ -60,14 +62,14 @@ class MqttSettings(_Section):
     protocol: Literal[5, 311] = 5
     qos: int = Field(default=1, ge=0, le=2)
     clean_start: bool = False
-    session_expiry: str = "1h"
+    session_expiry: Duration = Duration("1h")
     keepalive: int = Field(default=30, ge=5, le=3600)
     username: str = ""
     password: SecretStr = SecretStr("")
     tls: bool = False
     tls_ca_file: str = ""
     shared_group: str = ""
-    connect_timeout: str = "30s"
+    connect_timeout: Duration = Duration("30s")
     buffered_reads: bool = True  # paho reads through one 64 KiB recv (ingest.mqttsocket)
     network_process: bool = True  # paho in a process of its own (ingest.netproc)
 
@@ -76,12 +78,6 @@ class MqttSettings(_Section):
     def _prefix(cls, v: str) -> str:
         if not v or any(c in v for c in "+#\0") or v.startswith("/") or v.endswith("/"):
             raise ValueError("must be non-empty, without '+', '#' or leading/trailing '/'")
-        return v
-
-    @field_validator("session_expiry", "connect_timeout")
-    @classmethod
-    def _duration(cls, v: str) -> str:
-        parse_duration_ns(v)
         return v
 
     @field_validator("shared_group")
@@ -129,8 +125,8 @@ class IngestSettings(_Section):
     """Decoding limits and batching."""
 
     max_payload_bytes: int = Field(default=256 * 1024, ge=64, le=16 * 1024 * 1024)
-    max_future: str = "5m"
-    max_past: str = "30d"
+    max_future: Duration = Duration("5m")
+    max_past: Duration = Duration("30d")
     batch_messages: int = Field(default=5000, ge=1, le=1_000_000)
     # the decoder's wait for a partial batch: on the path of every alert (20 ms: ~10 ms
     # added on average; a batch costs ~1 ms of fixed CPU, `lifeline bench latency`)
@@ -143,18 +139,12 @@ class IngestSettings(_Section):
     spool_max_bytes: int = Field(default=1 << 30, ge=1 << 20, le=1 << 40)
     spool_fsync: bool = True
     dlq_max_rows: int = Field(default=1_000_000, ge=100, le=100_000_000)
-    metrics_interval: str = "10s"
-
-    @field_validator("max_future", "max_past")
-    @classmethod
-    def _duration(cls, v: str) -> str:
-        parse_duration_ns(v)
-        return v
+    metrics_interval: Duration = Duration("10s")
 
     @field_validator("metrics_interval")
     @classmethod
-    def _interval(cls, v: str) -> str:
-        if parse_duration_ns(v) < 1_000_000_000:
+    def _interval(cls, v: Duration) -> Duration:
+        if v.ns < 1_000_000_000:
             raise ValueError("must be at least 1s")
         return v
 
@@ -173,19 +163,18 @@ class DevicesSettings(_Section):
 
     inventory: Path | None = None
     catalogue: Path | None = None
-    holdoff: str = "60s"
-    will_grace: str = "2s"
-    check_interval: str = "5s"
-    refresh_interval: str = "30s"
+    holdoff: Duration = Duration("60s")
+    will_grace: Duration = Duration("2s")
+    check_interval: Duration = Duration("5s")
+    refresh_interval: Duration = Duration("30s")
     mass_offline_fraction: float = Field(default=0.5, gt=0, le=1)
     mass_offline_min: int = Field(default=10, ge=1, le=1_000_000)
     offline_alerts: bool = True
 
     @field_validator("holdoff", "will_grace", "check_interval", "refresh_interval")
     @classmethod
-    def _duration(cls, v: str) -> str:
-        ns = parse_duration_ns(v)
-        if not 0 < ns <= 24 * 3600 * 1_000_000_000:
+    def _duration(cls, v: Duration) -> Duration:
+        if not 0 < v.ns <= 24 * 3600 * 1_000_000_000:
             raise ValueError("must be > 0 and at most 1 day")
         return v
 
@@ -196,8 +185,8 @@ class RulesSettings(_Section):
     paths: list[Path] = Field(default_factory=lambda: [builtin_rules_dir()])
     timezone: str = "Asia/Shanghai"
     state_file: str = "rules-state.npz"
-    tick_interval: str = "10s"
-    save_interval: str = "5m"
+    tick_interval: Duration = Duration("10s")
+    save_interval: Duration = Duration("5m")
 
     @field_validator("timezone")
     @classmethod
@@ -218,9 +207,8 @@ class RulesSettings(_Section):
 
     @field_validator("tick_interval", "save_interval")
     @classmethod
-    def _interval(cls, v: str) -> str:
-        ns = parse_duration_ns(v)
-        if not 1_000_000_000 <= ns <= 3600 * 1_000_000_000:
+    def _interval(cls, v: Duration) -> Duration:
+        if not 1_000_000_000 <= v.ns <= 3600 * 1_000_000_000:
             raise ValueError("must be between 1s and 1h")
         return v
 
@@ -232,18 +220,18 @@ class WebhookSettings(_Section):
     secret: SecretStr = SecretStr("")
     timeout: float = Field(default=5.0, gt=0, le=120)
     max_attempts: int = Field(default=0, ge=0, le=1000)  # 0: retry until max_age
-    max_age: str = "24h"
+    max_age: Duration = Duration("24h")
     base_delay: float = Field(default=0.5, gt=0, le=600)
     max_delay: float = Field(default=300.0, gt=0, le=86400)
     concurrency: int = Field(default=4, ge=1, le=64)
     fallback_url: str = ""
-    fallback_after: str = "5m"
-    callback_window: str = "5m"
+    fallback_after: Duration = Duration("5m")
+    callback_window: Duration = Duration("5m")
 
     @field_validator("max_age", "fallback_after", "callback_window")
     @classmethod
-    def _duration(cls, v: str) -> str:
-        if parse_duration_ns(v) <= 0:
+    def _duration(cls, v: Duration) -> Duration:
+        if v.ns <= 0:
             raise ValueError("must be a positive duration")
         return v
 
@@ -263,30 +251,26 @@ class WebhookSettings(_Section):
         return self
 
 
-_SEVERITIES = ("info", "warning", "minor", "major", "critical")
-SeverityName = Literal["info", "warning", "minor", "major", "critical"]
-
-
 class AlertsSettings(_Section):
     """Alert lifecycle and noise control."""
 
-    pending_for: str = "0s"
-    reopen_window: str = "5m"
-    resolve_delay: str = "1m"
-    flap_window: str = "30m"
+    pending_for: Duration = Duration("0s")
+    reopen_window: Duration = Duration("5m")
+    resolve_delay: Duration = Duration("1m")
+    flap_window: Duration = Duration("30m")
     flap_threshold: int = Field(default=6, ge=2, le=1000)
     tick_interval: float = Field(default=1.0, gt=0, le=60)
 
     @field_validator("pending_for", "reopen_window", "resolve_delay", "flap_window")
     @classmethod
-    def _duration(cls, v: str) -> str:
-        if parse_duration_ns(v) > 30 * 86400 * 10**9:
+    def _duration(cls, v: Duration) -> Duration:
+        if v.ns > 30 * 86400 * 10**9:
             raise ValueError("must be at most 30d")
         return v
 
     @model_validator(mode="after")
     def _flap(self) -> AlertsSettings:
-        if parse_duration_ns(self.flap_window) <= 0:
+        if self.flap_window.ns <= 0:
             raise ValueError("flap_window: must be positive")
         return self
 
@@ -302,48 +286,48 @@ class RouteSettings(_Section):
 class DeadlineSettings(_Section):
     """Per-stage deadlines; empty = no deadline for that stage."""
 
-    registration: str = ""
-    dispatch: str = ""
-    handle: str = ""
-    verify: str = ""
+    registration: OptionalDuration = NO_DURATION
+    dispatch: OptionalDuration = NO_DURATION
+    handle: OptionalDuration = NO_DURATION
+    verify: OptionalDuration = NO_DURATION
 
     @field_validator("registration", "dispatch", "handle", "verify")
     @classmethod
-    def _duration(cls, v: str) -> str:
-        if v and parse_duration_ns(v) <= 0:
+    def _duration(cls, v: Duration) -> Duration:
+        if v and v.ns <= 0:
             raise ValueError("must be a positive duration or empty")
         return v
 
 
 def _default_deadlines() -> dict[str, DeadlineSettings]:
-    return {
-        "critical": DeadlineSettings(registration="5m", dispatch="5m", handle="1h", verify="1h"),
-        "major": DeadlineSettings(registration="15m", dispatch="30m", handle="4h", verify="4h"),
-        "minor": DeadlineSettings(registration="1h", dispatch="2h", handle="24h", verify="24h"),
-        "warning": DeadlineSettings(registration="4h", dispatch="8h", handle="72h", verify="72h"),
-    }
+    stages = ("registration", "dispatch", "handle", "verify")
+    return {severity: DeadlineSettings.model_validate(dict(zip(stages, texts, strict=True)))
+            for severity, texts in (("critical", ("5m", "5m", "1h", "1h")),
+                                    ("major", ("15m", "30m", "4h", "4h")),
+                                    ("minor", ("1h", "2h", "24h", "24h")),
+                                    ("warning", ("4h", "8h", "72h", "72h")))}
 
 
 class CasesSettings(_Section):
     """Case workflow: creation, grouping, routing, deadlines, verification, KPIs."""
 
-    auto_register_severity: SeverityName = "major"
-    min_severity: SeverityName = "warning"
-    group_window: str = "10m"
+    auto_register_severity: Severity = Severity.MAJOR
+    min_severity: Severity = Severity.WARNING
+    group_window: Duration = Duration("10m")
     default_unit: str = Field(default="城市运行管理中心", min_length=1, max_length=128)
     routing: list[RouteSettings] = Field(default_factory=list)
     deadlines: dict[str, DeadlineSettings] = Field(default_factory=_default_deadlines)
-    verify_after: str = "5m"
+    verify_after: Duration = Duration("5m")
     auto_verify: bool = True
     auto_close: bool = True
     redispatch_on_return: bool = True
-    kpi_interval: str = "1m"
-    kpi_period: str = "24h"
+    kpi_interval: Duration = Duration("1m")
+    kpi_period: Duration = Duration("24h")
 
     @field_validator("group_window", "verify_after", "kpi_interval", "kpi_period")
     @classmethod
-    def _duration(cls, v: str) -> str:
-        if parse_duration_ns(v) <= 0:
+    def _duration(cls, v: Duration) -> Duration:
+        if v.ns <= 0:
             raise ValueError("must be a positive duration")
         return v
 
@@ -352,7 +336,7 @@ class CasesSettings(_Section):
     def _keys(cls, v: dict[str, DeadlineSettings]) -> dict[str, DeadlineSettings]:
         for key in v:
             severity = key.rsplit("/", 1)[-1]
-            if severity not in _SEVERITIES:
+            if severity not in SEVERITY_NAMES:
                 raise ValueError(f"key {key!r}: use a severity or 'device_type/severity'")
         return v
 
@@ -449,6 +433,34 @@ class ClockSettings(_Section):
         return self
 
 
+class HaSettings(_Section):
+    """``[ha]``: active/standby leadership (see lifeline/leadership.py)."""
+
+    enabled: bool = False
+    group: str = Field(default="lifeline", min_length=1, max_length=64)
+    node_id: str = Field(default="", max_length=128)  # empty: hostname-pid
+    lease: Duration = Duration("9s")  # + poll 1 s: a takeover within 10 s
+    renew_interval: Duration = Duration("2s")
+    poll_interval: Duration = Duration("1s")
+
+    @field_validator("lease", "renew_interval", "poll_interval")
+    @classmethod
+    def _duration(cls, v: Duration) -> Duration:
+        if not 0 < v.ns <= 3600 * 1_000_000_000:
+            raise ValueError("must be > 0 and at most 1 hour")
+        return v
+
+    @model_validator(mode="after")
+    def _timing(self) -> HaSettings:
+        # the elector steps down at lease - lease/5 without a renewal: two tries must fit
+        if self.renew_interval.ns * 2 > self.lease.ns * 4 // 5:
+            raise ValueError("renew_interval must be at most 2/5 of lease "
+                             "(two renewals before the leader steps down)")
+        if self.poll_interval.ns > self.lease.ns:
+            raise ValueError("poll_interval must not exceed lease")
+        return self
+
+
 class Settings(BaseSettings):
     """Every setting of the service."""
 
@@ -468,12 +480,14 @@ class Settings(BaseSettings):
     devices: DevicesSettings = Field(default_factory=DevicesSettings)
     rules: RulesSettings = Field(default_factory=RulesSettings)
     webhook: WebhookSettings = Field(default_factory=WebhookSettings)
+    notify: NotifySettings = Field(default_factory=NotifySettings)
     alerts: AlertsSettings = Field(default_factory=AlertsSettings)
     cases: CasesSettings = Field(default_factory=CasesSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     grafana: GrafanaSettings = Field(default_factory=GrafanaSettings)
     clock: ClockSettings = Field(default_factory=ClockSettings)
+    ha: HaSettings = Field(default_factory=HaSettings)
 
     @property
     def database_url(self) -> str:

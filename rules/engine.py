@@ -264,7 +264,8 @@ class RuleEngine:
                 with np.errstate(all="ignore"):  # huge z or rates are findings, not errors
                     tr = kind.kernel(rule, slot.env, ms, mt, mv)
                 if tr.rows.shape[0]:
-                    parts.append((index, ms[tr.rows], tr, False))
+                    at = ms[tr.rows] if tr.series is None else tr.series
+                    parts.append((index, at, tr, False))
             return self._findings(parts)
 
     def _late(self, index: int, slot: _Slot, batch: Readings, late_rows: I64
@@ -340,18 +341,22 @@ class RuleEngine:
         ts = np.concatenate([p[2].ts for p in parts])
         val = np.concatenate([p[2].value for p in parts])
         late = np.concatenate([np.full(p[1].shape[0], p[3], np.bool_) for p in parts])
+        details: list[str] = []
+        for p in parts:
+            details += p[2].detail or [""] * p[1].shape[0]
         order = np.lexsort((~fire, sid, idx, ts))
         out: list[Finding] = []
         trackers = [slot.tracker for slot in self._slots if slot.tracker is not None]
         devices, metrics, slots = self.series.devices, self.series.metrics, self._slots
         firing, resolved = FindingState.FIRING, FindingState.RESOLVED
-        for i, s_id, f_on, t_ns, value, f_late in zip(
+        for i, s_id, f_on, t_ns, value, f_late, pos in zip(
                 idx[order].tolist(), sid[order].tolist(), fire[order].tolist(),
-                ts[order].tolist(), val[order].tolist(), late[order].tolist(), strict=True):
+                ts[order].tolist(), val[order].tolist(), late[order].tolist(),
+                order.tolist(), strict=True):
             rule = slots[i].rule
             dev = devices[s_id]
             f = Finding(rule.id, dev.id, metrics[s_id], firing if f_on else resolved,
-                        rule.severity, t_ns, value, f_late)
+                        rule.severity, t_ns, value, f_late, details[pos])
             out.append(f)
             for tracker in trackers:
                 c = tracker.feed(f, dev)

@@ -69,6 +69,15 @@ class SeriesState:
         return sum(a.nbytes for a in self.arrays.values())
 
 
+@lru_cache(maxsize=1)
+def lfilter() -> Any:
+    """``scipy.signal.lfilter``, imported on first use: scipy costs seconds of start-up,
+    and only long runs of one series (a backfill) need the compiled filter."""
+    from scipy.signal import lfilter as compiled  # noqa: PLC0415
+
+    return compiled
+
+
 def _shape(n: int, width: int | tuple[int, ...]) -> tuple[int, ...]:
     if isinstance(width, tuple):
         return (n, *width)
@@ -98,6 +107,11 @@ class Transitions:
     fire: B
     ts: I64
     value: F64
+    series: I64 | None = None
+    """The series of each transition when it is not that of its row (``multivariate``
+    reports on the device's anchor series)."""
+    detail: list[str] | None = None
+    """Text for each transition's :attr:`~rules.model.Finding.detail`, if any."""
 
 
 def empty_transitions() -> Transitions:
@@ -290,6 +304,96 @@ def prev_reading(state: SeriesState, series: I64, ts: I64, value: F64, seg: Segm
     state["last_t"][last] = ts[seg.end_idx]
     state["last_v"][last] = value[seg.end_idx]
     return has, pt, pv
+
+
+# ---------------------------------------------------------------- linear recurrences
+
+
+def affine_scan(a: F64, b: F64, seg: Segments) -> F64:
+    """``y[i] = a[i] * y[i-1] + b[i]`` within each segment, ``y = 0`` before its first row
+    (``a`` of a segment's first row is ignored; a series' state ``y0`` enters as
+    ``b[first] += a[first] * y0``).
+
+    Segments whose ``a`` is one constant after their first row run through
+    ``scipy.signal.lfilter`` (compiled and sequential: the loop's own arithmetic,
+    ``b + a * y``); the others as a parallel prefix over the affine maps (log2 of the
+    longest segment numpy passes, each value rounded a little differently).
+    """
+    n = b.shape[0]
+    if n == 0:
+        return b.copy()
+    starts, ends = seg.start_idx, seg.end_idx
+    if starts.shape[0] <= _LFILTER_SEGMENTS:
+        y = np.empty(n)
+        for lo, hi in zip(starts.tolist(), ends.tolist(), strict=True):
+            y[lo] = b[lo]
+            if hi == lo:
+                continue
+            a0 = float(a[lo + 1])
+            if not bool(np.all(a[lo + 2:hi + 1] == a0)):
+                y[lo:hi + 1] = _doubling(a[lo:hi + 1], b[lo:hi + 1])
+                continue
+            out, _ = lfilter()([1.0], [1.0, -a0], b[lo + 1:hi + 1], zi=[a0 * y[lo]])
+            y[lo + 1:hi + 1] = out
+        return y
+    m = a.copy()
+    m[starts] = 0.0  # nothing flows in from the previous segment
+    return _doubling(m, b, int((ends - starts).max()) + 1)
+
+
+_LFILTER_SEGMENTS = 8  # at most this many segments: one compiled filter call each
+
+
+def _doubling(a: F64, b: F64, longest: int | None = None) -> F64:
+    """Hillis–Steele prefix of the maps ``y -> a * y + b`` (``a[0]`` ignored)."""
+    y = b.copy()
+    m = a.copy()
+    m[0] = 0.0
+    step, longest = 1, b.shape[0] if longest is None else longest
+    while step < longest:
+        y[step:] += m[step:] * y[:-step]  # compose with the map ``step`` rows earlier
+        m[step:] *= m[:-step]
+        step *= 2
+    return y
+
+
+def ewma_mean_var(x: F64, alpha: F64, seg: Segments, mean0: F64, var0: F64, fresh: B
+                  ) -> tuple[F64, F64, F64, F64, F64]:
+    """EWMA mean and variance of each segment (one series each) from the series' state.
+
+    Per row, as a one-reading-at-a-time loop does it: ``d = x - mean``, then
+    ``mean += alpha * d`` and ``var = (1 - alpha) * (var + d * (alpha * d))``; a
+    ``fresh`` series (no reading yet) starts at ``mean = x, var = 0``. ``mean0``,
+    ``var0``, ``fresh``: the state of each row's series (read on segment starts).
+    Returns per row (mean before it, its deviation ``d``, variance before it, mean
+    after it, variance after it), equal to the loop's to rounding (the filters of
+    :func:`affine_scan`). The mean is filtered relative to the series' stored mean (a
+    fresh series': its first value), so a series that stays at its mean has exactly
+    zero deviation and variance, as in the loop (z undefined, not rounding noise).
+    """
+    n = x.shape[0]
+    starts = seg.start_idx
+    first = np.zeros(n, dtype=np.bool_)
+    first[starts] = fresh[starts]
+    lengths = seg.end_idx - starts + 1
+    anchor = np.repeat(np.where(first, x, mean0)[starts], lengths)
+    keep = 1.0 - alpha
+    keep0 = np.where(first, 0.0, keep)
+    mean_after = anchor + affine_scan(keep0, np.where(first, 0.0, alpha * (x - anchor)), seg)
+    mean_before = np.empty(n)
+    mean_before[1:] = mean_after[:-1]
+    mean_before[starts] = anchor[starts]
+    d = x - mean_before
+    var_in = keep0 * (d * (alpha * d))
+    ds, ks = d[starts], keep[starts]
+    var_in[starts] = np.where(first[starts], 0.0, ks * (var0[starts] + ds * (alpha[starts] * ds)))
+    var_after = affine_scan(keep0, var_in, seg)
+    var_before = np.empty(n)
+    var_before[1:] = var_after[:-1]
+    var_before[starts] = np.where(first[starts], 0.0, var0[starts])
+    return mean_before, d, var_before, mean_after, var_after
+
+
 
 
 # ---------------------------------------------------------------- helpers

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from devices import safetoml
+from common import safetoml
 from rules.errors import RuleFileError
 from rules.kinds import KINDS, kind_of
 from rules.model import Rule

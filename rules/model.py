@@ -3,59 +3,21 @@ produce; each kind's own model lives in :mod:`rules.kinds`."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Protocol
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
-_UNIT_NS = {"ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000, "h": 3_600_000_000_000}
-_UNIT_NS["d"] = 24 * _UNIT_NS["h"]
-DAY_NS = _UNIT_NS["d"]
-MAX_DURATION_NS = 3650 * DAY_NS
+from common.duration import DAY_NS, MAX_DURATION_NS, DurationNs, parse_duration_ns
+from common.severity import Severity
 
+__all__ = ["DAY_NS", "MAX_DURATION_NS", "DurationNs", "Finding", "FindingState", "Finite",
+           "Readings", "Rule", "RuleBase", "Severity", "parse_duration_ns", "rule_fingerprint"]
 
-def parse_duration_ns(value: object) -> int:
-    """``"30s"``, ``"5m"``, ``"1h"``, ``"7d"``, ``"250ms"`` or seconds as a number → ns."""
-    if isinstance(value, bool):
-        raise ValueError("a duration is a string like '30s' or a number of seconds")
-    if isinstance(value, int | float):
-        if not value >= 0:
-            raise ValueError("a duration cannot be negative")
-        if value * 1_000_000_000 > MAX_DURATION_NS:
-            raise ValueError("a duration must be at most 3650 days")
-        return int(value * 1_000_000_000)
-    if isinstance(value, str):
-        match = _DURATION_RE.match(value)
-        if match:
-            ns = int(float(match.group(1)) * _UNIT_NS[match.group(2)])
-            if ns > MAX_DURATION_NS:
-                raise ValueError("a duration must be at most 3650 days")
-            return ns
-    raise ValueError(f"invalid duration {str(value)[:40]!r}: use e.g. '30s', '5m', '1h', '7d'")
-
-
-DurationNs = Annotated[int, BeforeValidator(parse_duration_ns)]
 Finite = Annotated[float, Field(allow_inf_nan=False)]
-
-
-class Severity(StrEnum):
-    """Severity of a rule's findings, lowest first."""
-
-    INFO = "info"
-    WARNING = "warning"
-    MINOR = "minor"
-    MAJOR = "major"
-    CRITICAL = "critical"
-
-    @property
-    def rank(self) -> int:
-        """0 for info up to 4 for critical."""
-        return list(Severity).index(self)
 
 
 class RuleBase(BaseModel):
@@ -105,6 +67,9 @@ class Finding:
     late: bool = False
     """A late reading (older than its series' last evaluated one) met the firing
     condition: an episode that is already over, never a live transition."""
+    detail: str = ""
+    """What the rule saw, where a kind says more than the value (``multivariate``: the
+    alarming statistic and the metrics contributing most)."""
 
 
 class Readings(Protocol):

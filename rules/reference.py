@@ -57,6 +57,7 @@ class ReferenceEngine:
         self.states: dict[tuple[int, int], Any] = {}
         self._cache: dict[tuple[str, int], bool] = {}
         self.trackers: dict[int, FindingTracker] = {}
+        self.shared: dict[Any, Any] = {}  # per-rule state across series (multivariate)
         for i, (rule, kind) in enumerate(zip(rules, self.kinds, strict=True)):
             tracker = kind.tracker(rule)
             if tracker is not None:
@@ -89,7 +90,8 @@ class ReferenceEngine:
                 late_seen.add((s, t))
             else:
                 self.last[s] = t
-            env = RefEnv(self.series.devices[s], self.series.metrics[s], self.timezone)
+            env = RefEnv(self.series.devices[s], self.series.metrics[s], self.timezone,
+                         self.series, self.shared)
             nan = math.isnan(v)
             for i, rule in enumerate(self.rules):
                 kind = self.kinds[i]
@@ -104,7 +106,8 @@ class ReferenceEngine:
                     out = kind.ref_late(rule, st, t, v, env)
                 else:
                     out = kind.ref_step(rule, st, t, v, env)
-                raw += [(ts, i, s, fire, value, late) for ts, fire, value in out]
+                at = kind.report_series(rule, env, s) if out else s
+                raw += [(ts, i, at, fire, value, late) for ts, fire, value in out]
         return self._findings(raw)
 
     def tick(self, now: int) -> list[Finding]:

@@ -22,7 +22,11 @@ from typing import Any
 import httpx
 import orjson
 
+from common.retry import Backoff
+
 log = logging.getLogger(__name__)
+
+_CALLBACK_BACKOFF = Backoff(base_s=0.5, max_s=8.0)  # 0.5, 1, 2, 4, 8 s between attempts
 
 
 def _sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -233,11 +237,11 @@ class DispatchSimulator:
                 resp = self._http.post(f"{self.api_url}{path}", content=body, headers=headers)
             except httpx.HTTPError as exc:
                 log.debug("dispatch callback %s case %d failed: %s", action, case_id, exc)
-                if self._stopping(0.5 * 2 ** attempt):
+                if self._stopping(_CALLBACK_BACKOFF.delay(attempt + 1)):
                     return
                 continue
             if resp.status_code >= 500:
-                if self._stopping(0.5 * 2 ** attempt):
+                if self._stopping(_CALLBACK_BACKOFF.delay(attempt + 1)):
                     return
                 continue
             with self._lock:

@@ -33,8 +33,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from devices import safetoml
-from rules.model import parse_duration_ns
+from common import safetoml
+from common.duration import parse_duration_ns
 from simulators.errors import ScenarioError
 
 Category = Literal["process", "sensor", "comms"]
@@ -114,6 +114,69 @@ class FleetSpec(BaseModel):
         return v
 
 
+# Events of a simulated source (``[source]``): kind -> (category, expect a case?).
+SOURCE_EVENT_KINDS: dict[str, tuple[Category, bool]] = {
+    "leak": ("process", True),  # water network: a leak at a junction (EPANET/WNTR)
+    "bearing_wear": ("process", True),  # pump station faults
+    "cavitation": ("process", True),
+    "valve_throttled": ("process", True),
+    "sensor_drift": ("sensor", False),  # one pump station sensor drifts
+}
+SOURCE_EVENT_TRUTH = {"leak": "network_leak"}  # truth kind when it differs from the event's
+
+
+class SourceEvent(BaseModel):
+    """An event simulated inside a ``[source]`` (its truth comes from the simulation)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: str
+    at: float = 0.0  # seconds from the start
+    duration: float | None = None  # seconds; None: until the end
+    size: float = Field(default=1.0, gt=0)  # leak: orifice area in cm²; faults: severity
+    growth: float | None = None  # seconds to grow to full size (None: abrupt)
+    node: str = "auto"  # leak: a junction of the network; faults: a station index
+    metric: str | None = None  # sensor_drift: the drifting metric
+
+    @field_validator("at", "duration", "growth", mode="before")
+    @classmethod
+    def _duration(cls, v: object) -> object:
+        return None if v is None else _seconds(v)
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, v: str) -> str:
+        if v not in SOURCE_EVENT_KINDS:
+            raise ValueError(f"unknown source event {v!r}; known: {', '.join(SOURCE_EVENT_KINDS)}")
+        return v
+
+
+class SourceSpec(BaseModel):
+    """A physically simulated source replacing the signal models (see docs/simulators.md).
+
+    ``water_network``: an EPANET network (WNTR) with diurnal demand, its pressure and flow
+    sensors published as ``water_pressure`` / ``water_flow`` devices; ``pump_station``:
+    pump stations (pump curve, affinity laws, motor heat) as ``pump_station`` devices.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["water_network", "pump_station"]
+    network: str = "Net3"  # water_network: a network shipped with WNTR
+    step: float = 300.0  # seconds between readings (hydraulic step)
+    pressure_sensors: int = Field(default=24, ge=1, le=500)
+    flow_sensors: int = Field(default=8, ge=0, le=500)
+    dmas: int = Field(default=4, ge=1, le=50)
+    stations: int = Field(default=4, ge=1, le=200)  # pump_station
+    noise: float = Field(default=1.0, ge=0)  # sensor noise scale
+    event: list[SourceEvent] = Field(default_factory=list)
+
+    @field_validator("step", mode="before")
+    @classmethod
+    def _step(cls, v: object) -> object:
+        return _seconds(v)
+
+
 class ScenarioHead(BaseModel):
     """Name, seed and time span."""
 
@@ -138,6 +201,7 @@ class Scenario(BaseModel):
 
     scenario: ScenarioHead
     fleet: FleetSpec = Field(default_factory=FleetSpec)
+    source: SourceSpec | None = None  # a simulated source instead of [fleet]'s signal models
     incident: list[IncidentSpec] = Field(default_factory=list)
 
     @property
@@ -200,6 +264,19 @@ def builtin_scenario(name: str) -> Path:
         known = sorted(p.stem for p in builtin_scenarios_dir().glob("*.toml"))
         raise ScenarioError(f"no shipped scenario {name!r}; known: {', '.join(known)}")
     return path
+
+
+def ruleset_path(name: str) -> Path:
+    """A rule file or folder, or a rule set shipped in ``simulators/rulesets`` by name."""
+    path = Path(name)
+    if path.exists():
+        return path
+    shipped = Path(str(resources.files("simulators").joinpath("rulesets"))) / f"{name}.toml"
+    if shipped.is_file():
+        return shipped
+    known = sorted(p.stem for p in shipped.parent.glob("*.toml"))
+    raise ScenarioError(f"no rule file {name!r} and no shipped rule set of that name; "
+                        f"shipped: {', '.join(known)}")
 
 
 def live_start(duration_s: float, speed: float, now_s: float) -> float:

@@ -21,6 +21,7 @@ from devices.topics import TopicKind
 from simulators.city import CityLayout, SimDevice, generate_city
 from simulators.errors import ScenarioError
 from simulators.models import MODELS, DeviceParams, draw_params
+from simulators.recorded import RecordedFleet, build_recording
 from simulators.scenario import INCIDENT_KINDS, IncidentSpec, Scenario, Truth
 
 ALARM_INTERVAL_S = 10.0  # a gas alarm in alarm mode reports this often
@@ -79,27 +80,36 @@ class CityRun:
         head = scenario.scenario
         self.scenario = scenario
         fleet = scenario.fleet
-        self.layout: CityLayout = generate_city(
-            districts=fleet.districts, grids=max(fleet.grids, fleet.districts),
-            devices=fleet.devices, seed=head.seed,
-            intervals={k: int(v) for k, v in fleet.intervals.items()},
-        )
         if start_s is None:
             start_s = head.start.timestamp() if head.start else time.time() - head.duration
         self.start_s = float(start_s)
         self.end_s = self.start_s + head.duration
+        self._recorded: dict[str, RecordedFleet] = {}
+        source_truth: list[Truth] = []
+        if scenario.source is not None:  # a simulated source replaces the signal models
+            recording = build_recording(scenario, self.start_s)
+            self.layout: CityLayout = recording.layout
+            self._recorded = {f.dtype: f for f in recording.fleets}
+            source_truth = recording.truth
+        else:
+            self.layout = generate_city(
+                districts=fleet.districts, grids=max(fleet.grids, fleet.districts),
+                devices=fleet.devices, seed=head.seed,
+                intervals={k: int(v) for k, v in fleet.intervals.items()},
+            )
         self._rng = np.random.default_rng(head.seed)
         self._fleets: dict[str, _TypeFleet] = {}
-        for dtype in MODELS:
+        for dtype in [*MODELS, *self._recorded]:
             devs = self.layout.of_type(dtype)
-            if devs:
+            if devs and dtype not in self._fleets:
                 self._fleets[dtype] = _TypeFleet(
-                    devs, draw_params(dtype, len(devs), self._rng),
+                    devs, draw_params(dtype if dtype in MODELS else "water_flow", len(devs),
+                                      self._rng),
                     {d.id: i for i, d in enumerate(devs)})
         self._seq: dict[str, int] = {}
         self._gas_level: dict[str, int] = {}
         self._active = [self._place(i, spec) for i, spec in enumerate(scenario.incident)]
-        self.truth: list[Truth] = [a.truth for a in self._active]
+        self.truth: list[Truth] = [a.truth for a in self._active] + source_truth
         self.outages: list[tuple[float, float]] = sorted(
             (a.truth.start_s, a.truth.end_s) for a in self._active
             if a.spec.kind == "broker_outage")
@@ -225,6 +235,17 @@ class CityRun:
         out: list[SimMessage] = []
         days = (t0 - self.start_s) / 86_400
         for dtype, fleet in self._fleets.items():
+            recorded = self._recorded.get(dtype)
+            if recorded is not None:
+                rows, times, values = self._recorded_values(recorded, fleet, t0, t1, days)
+                if rows.size == 0:
+                    continue
+                keep = np.ones(rows.shape[0], dtype=np.bool_)
+                skew = np.zeros(rows.shape[0])
+                for act in self._active:
+                    self._apply(act, dtype, fleet, rows, times, values, keep, skew)
+                out.extend(self._to_messages(dtype, fleet, rows, times, values, keep, skew))
+                continue
             rows, times = self._report_times(fleet, t0, t1)
             rows, times = self._fast_reports(dtype, rows, times, t0, t1)
             if rows.size == 0:
@@ -243,6 +264,26 @@ class CityRun:
             out = self._outage(out)
         out.sort(key=lambda m: m.send_s)
         return out
+
+    def _recorded_values(self, recorded: RecordedFleet, fleet: _TypeFleet, t0: float,
+                         t1: float, days: float
+                         ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64],
+                                    dict[str, npt.NDArray[np.float64]]]:
+        """A simulated source's readings in ``[t0, t1)``: every device at every step."""
+        times_all = self.start_s + recorded.offsets_s
+        steps = np.flatnonzero((times_all >= t0) & (times_all < t1))
+        n = len(recorded.devices)
+        rows = np.repeat(np.arange(n, dtype=np.int64), steps.size)
+        cols = np.tile(steps, n)
+        values = {m: np.array(v[rows, cols], dtype=np.float64)
+                  for m, v in recorded.values.items()}
+        if recorded.dtype in MODELS:  # battery-powered loggers: battery and signal too
+            params = DeviceParams(base=fleet.params.base[rows], rssi=fleet.params.rssi[rows],
+                                  battery0=fleet.params.battery0[rows],
+                                  phase_s=fleet.params.phase_s[rows])
+            health = MODELS[recorded.dtype](times_all[cols], params, self._rng, days)
+            values.update({k: health[k] for k in ("battery", "rssi") if k in health})
+        return rows, times_all[cols], values
 
     def _outage(self, msgs: list[SimMessage]) -> list[SimMessage]:
         """Broker down: nothing gets through. Store-and-forward devices keep their readings

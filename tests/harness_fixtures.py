@@ -3,7 +3,7 @@
 Register with ``pytest_plugins = ["tests.harness_fixtures"]`` (or ``-p tests.harness_fixtures``).
 Each service runs on its own free loopback port under one session run directory
 and is stopped when the session ends.  A missing binary fails the fixture with a
-:class:`lifeline.harness.MissingBinaryError` that names the apt package.
+:class:`devtools.harness.MissingBinaryError` that names the apt package.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lifeline.harness import (
+from devtools.harness import (
     ManagedService,
     start_influxdb,
     start_mosquitto,

@@ -4,7 +4,7 @@
 Callbacks ``POST /api/v1/cases/{id}/actions`` carry exactly one credential, else 401:
 either a v2 signature (``X-Lifeline-Timestamp`` + ``X-Lifeline-Signature: v2=<hex>``, an
 HMAC with the shared secret over method, path, ``Idempotency-Key``, timestamp and body, see
-:mod:`alerts.signing`; within ``webhook.callback_window``, each signature used once) or
+:mod:`alerts.delivery.signing`; within ``webhook.callback_window``, each signature used once) or
 ``Authorization: Bearer <token>`` of the operator role. An ``Idempotency-Key`` header (or
 ``key`` in the body) makes a repeated call answer the stored first answer without applying
 it again.
@@ -24,26 +24,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.engine import Engine
 from starlette.concurrency import run_in_threadpool
 
-from alerts.cases import CaseBook
+from alerts.cases.actions import ActionOutcome, SignedRequest, apply_action
+from alerts.cases.book import CaseBook
+from alerts.cases.kpi import Kpi, KpiScope, compute, kpi_window
+from alerts.cases.model import CaseState
+from alerts.cases.ops import CaseFilter, case_with_history, list_cases
+from alerts.cases.workflow import CALLBACK_ACTIONS, Action
+from alerts.delivery.signing import CALLBACK_SCHEME, verify_callback
 from alerts.errors import ConflictError, IllegalTransitionError, NotFoundError, ReplayError
-from alerts.kpi import Kpi, KpiScope, compute, kpi_window
-from alerts.model import CaseState
-from alerts.ops import (
-    ActionOutcome,
-    CaseFilter,
-    SignedRequest,
-    apply_action,
-    case_with_history,
-    list_cases,
-)
-from alerts.signing import CALLBACK_SCHEME, verify_callback
-from alerts.workflow import CALLBACK_ACTIONS, Action
 from lifeline.alerting import case_config
 from lifeline.api.alerts import NS_RANGE, AlertPublic, RowId, in_ns_range
-from lifeline.api.deps import EngineDep, Operator, SettingsDep, Viewer
-from lifeline.auth import Principal, Role, TokenStore
-from lifeline.settings import Settings
-from rules.model import Severity, parse_duration_ns
+from lifeline.api.deps import ApiContext, Ctx, EngineDep, Operator, SettingsDep, Viewer
+from lifeline.auth import Principal, Role
+from rules.model import Severity
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1", tags=["cases"])
@@ -166,17 +159,10 @@ def _case(doc: dict[str, Any]) -> CasePublic:
     return CasePublic.model_validate(doc)
 
 
-def _book(request: Request, settings: Settings) -> CaseBook:
-    book = getattr(request.app.state, "case_book", None)
-    if isinstance(book, CaseBook):
-        return book
-    return CaseBook(case_config(settings), lambda line: None)
-
-
-def _wake(request: Request) -> None:
-    wake = getattr(request.app.state, "outbox_wake", None)
-    if callable(wake):
-        wake()
+def _book(ctx: ApiContext) -> CaseBook:
+    if ctx.case_book is not None:
+        return ctx.case_book
+    return CaseBook(case_config(ctx.settings), lambda line: None)
 
 
 @router.get("/cases", response_model=CasesPublic)
@@ -202,7 +188,7 @@ def get_case_detail(case_id: RowId, engine: EngineDep, _: Viewer) -> CaseDetailP
         case, history, members = case_with_history(engine, case_id)
     except NotFoundError as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
-    from alerts.model import iso  # noqa: PLC0415
+    from alerts.timefmt import iso  # noqa: PLC0415
 
     return CaseDetailPublic.model_validate({
         **case.doc(),
@@ -244,24 +230,22 @@ def _run(engine: Engine, book: CaseBook, case_id: int, action: Action, actor: st
 @router.post("/cases/{case_id}/register", response_model=CasePublic,
              responses={404: {"description": "no such case"},
                         409: {"description": "not allowed in the case's state"}})
-def post_register(case_id: RowId, body: OfficerAction, request: Request, engine: EngineDep,
-                  settings: SettingsDep, who: Operator) -> CasePublic:
+def post_register(case_id: RowId, body: OfficerAction, ctx: Ctx, engine: EngineDep,
+                  who: Operator) -> CasePublic:
     """立案: register a held case (it is routed and dispatched at once)."""
-    case, _ = _run(engine, _book(request, settings), case_id, Action.REGISTER, who.name, body,
-                   None, b"")
-    _wake(request)
+    case, _ = _run(engine, _book(ctx), case_id, Action.REGISTER, who.name, body, None, b"")
+    ctx.wake_outbox()
     return case
 
 
 @router.post("/cases/{case_id}/cancel", response_model=CasePublic,
              responses={404: {"description": "no such case"},
                         409: {"description": "not allowed in the case's state"}})
-def post_cancel(case_id: RowId, body: OfficerAction, request: Request, engine: EngineDep,
-                settings: SettingsDep, who: Operator) -> CasePublic:
+def post_cancel(case_id: RowId, body: OfficerAction, ctx: Ctx, engine: EngineDep,
+                who: Operator) -> CasePublic:
     """不予立案 / false alarm."""
-    case, _ = _run(engine, _book(request, settings), case_id, Action.CANCEL, who.name, body,
-                   None, b"")
-    _wake(request)
+    case, _ = _run(engine, _book(ctx), case_id, Action.CANCEL, who.name, body, None, b"")
+    ctx.wake_outbox()
     return case
 
 
@@ -286,10 +270,11 @@ def _header_key(request: Request) -> str | None:
         return None
 
 
-def _callback_principal(request: Request, raw: bytes, settings: Settings,
+def _callback_principal(request: Request, raw: bytes, ctx: ApiContext,
                         case_id: int) -> tuple[Principal, SignedRequest | None]:
     """Who calls, by exactly one credential: a bearer token (operator role) or a v2
     signature of this very request; 401 for none, both, or another scheme."""
+    settings = ctx.settings
     auth = request.headers.get("authorization")
     ts = request.headers.get("x-lifeline-timestamp")
     sig = request.headers.get("x-lifeline-signature")
@@ -304,8 +289,7 @@ def _callback_principal(request: Request, raw: bytes, settings: Settings,
         scheme, _, token = auth.partition(" ")
         if scheme.lower() != "bearer":
             raise _unauthorized("Authorization: only the Bearer scheme is accepted")
-        store: TokenStore = request.app.state.tokens
-        principal = store.authenticate(token.strip()) if token.strip() else None
+        principal = ctx.tokens.authenticate(token.strip()) if token.strip() else None
         if principal is None:
             raise _unauthorized("invalid bearer token")
         if principal.role < Role.OPERATOR:
@@ -323,7 +307,7 @@ def _callback_principal(request: Request, raw: bytes, settings: Settings,
     if not sig.startswith(f"{CALLBACK_SCHEME}="):
         raise _refused(case_id, f"X-Lifeline-Signature: callbacks are signed with the "
                                 f"{CALLBACK_SCHEME} scheme ({CALLBACK_SCHEME}=<hex>)")
-    window_ns = parse_duration_ns(settings.webhook.callback_window)
+    window_ns = settings.webhook.callback_window.ns
     if abs(time.time() - int(ts)) > window_ns / 1e9:
         raise _refused(case_id, "X-Lifeline-Timestamp outside the replay window")
     key = _header_key(request)
@@ -340,14 +324,14 @@ def _callback_principal(request: Request, raw: bytes, settings: Settings,
              openapi_extra={"requestBody": {"required": True, "content": {
                  "application/json": {"schema": ActionCreate.model_json_schema()}}}})
 async def post_action(case_id: RowId, request: Request, engine: EngineDep,
-                      settings: SettingsDep) -> CasePublic | Response:
+                      ctx: Ctx) -> CasePublic | Response:
     """A dispatch-system callback (accept, start, handled, return, verify, close, cancel,
     comment) or an operator's action; idempotent on ``Idempotency-Key`` (a repeat answers
     the stored first answer with ``Idempotent-Replayed: true``)."""
     raw = await request.body()
     if len(raw) > MAX_CALLBACK_BYTES:
         raise HTTPException(413, f"callback body larger than {MAX_CALLBACK_BYTES} bytes")
-    principal, signed = _callback_principal(request, raw, settings, case_id)
+    principal, signed = _callback_principal(request, raw, ctx, case_id)
     try:
         body = ActionCreate.model_validate(orjson.loads(raw))
     except orjson.JSONDecodeError as exc:
@@ -368,11 +352,10 @@ async def post_action(case_id: RowId, request: Request, engine: EngineDep,
         raise HTTPException(422, "Idempotency-Key: 1-128 chars of UTF-8 text")
     actor = f"{principal.name}:{body.actor}" if body.actor else principal.name
     outcome = await run_in_threadpool(
-        _apply, engine, _book(request, settings), case_id, action, actor, body, key, raw,
-        signed)
+        _apply, engine, _book(ctx), case_id, action, actor, body, key, raw, signed)
     replayed = outcome.replayed
     if not replayed:
-        _wake(request)
+        ctx.wake_outbox()
     log.info("case %d callback %s by %s (key=%s replayed=%s)", case_id, action.value, actor,
              key, replayed)
     if replayed:
@@ -402,7 +385,7 @@ def get_kpi(engine: EngineDep, settings: SettingsDep, _: Viewer,
     if (start is not None and not in_ns_range(start)) or (
             end is not None and not in_ns_range(end)):
         raise HTTPException(422, f"start, end: {NS_RANGE}")
-    period_ns = parse_duration_ns(settings.cases.kpi_period)
+    period_ns = settings.cases.kpi_period.ns
     if end is None:
         start_ns, end_ns = kpi_window(time.time_ns(), period_ns)
     else:
@@ -413,7 +396,7 @@ def get_kpi(engine: EngineDep, settings: SettingsDep, _: Viewer,
     if end_ns <= start_ns:
         raise HTTPException(422, "end must be after start")
     items: list[Kpi] = compute(engine, start_ns, end_ns, KpiScope(by))
-    from alerts.model import iso  # noqa: PLC0415
+    from alerts.timefmt import iso  # noqa: PLC0415
 
     data = [KpiPublic(scope=k.scope.value, key=k.key, cases=k.cases, registered=k.registered,
                       handled=k.handled, handled_on_time=k.handled_on_time, closed=k.closed,

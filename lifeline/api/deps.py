@@ -1,37 +1,90 @@
-"""FastAPI dependencies as ``Annotated`` aliases."""
+"""FastAPI dependencies as ``Annotated`` aliases; the app's runtime objects in one
+typed :class:`ApiContext` (``Ctx``)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CollectorRegistry
 from sqlalchemy.engine import Engine
 
 from lifeline.auth import Principal, Role, TokenStore
 from lifeline.settings import Settings
 
+if TYPE_CHECKING:
+    from alerts.cases.book import CaseBook
+    from devices.catalogue import Catalogue
+    from devices.store import CachedRegistry
+    from rules.engine import RuleEngine
+
 _bearer = HTTPBearer(auto_error=False)
 
+ReadyCheck = Callable[[], tuple[bool, str]]
 
-def get_settings(request: Request) -> Settings:
+
+@dataclass(slots=True)
+class ApiCaches:
+    """What the API computes once and keeps (filled on first use)."""
+
+    catalogue: Catalogue | None = None
+    # (METHOD, path) → query parameter name → takes a list
+    query_names: dict[tuple[str, str], dict[str, bool]] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ApiContext:
+    """Everything the routes use at run time, set once by :func:`lifeline.app.create_app`.
+
+    The service parts are None when the app runs without the service (tests, tools):
+    the rule routes then answer 503, case actions write no lines, nothing is woken.
+    """
+
+    settings: Settings
+    engine: Engine
+    tokens: TokenStore
+    metrics_registry: CollectorRegistry  # the app's own (database state, runtime figures)
+    ready_checks: Mapping[str, ReadyCheck] = field(default_factory=dict)
+    device_cache: CachedRegistry | None = None  # refreshed on device changes
+    rule_engine: RuleEngine | None = None  # GET /api/v1/rules
+    rules_reload: Callable[[], tuple[int, int]] | None = None  # POST /api/v1/rules/reload
+    case_book: CaseBook | None = None  # case actions (writes lifeline_case lines)
+    outbox_wake: Callable[[], None] | None = None  # new outbox rows were committed
+    caches: ApiCaches = field(default_factory=ApiCaches)
+
+    def wake_outbox(self) -> None:
+        """Tell the webhook worker about new outbox rows (no-op without the service)."""
+        if self.outbox_wake is not None:
+            self.outbox_wake()
+
+
+def get_context(request: Request) -> ApiContext:
+    """The app's :class:`ApiContext`."""
+    ctx: ApiContext = request.app.state.context
+    return ctx
+
+
+Ctx = Annotated[ApiContext, Depends(get_context)]
+
+
+def get_settings(ctx: Ctx) -> Settings:
     """The settings the app was built with."""
-    settings: Settings = request.app.state.settings
-    return settings
+    return ctx.settings
 
 
-def get_engine(request: Request) -> Engine:
+def get_engine(ctx: Ctx) -> Engine:
     """The service database engine."""
-    engine: Engine = request.app.state.engine
-    return engine
+    return ctx.engine
 
 
 def _principal(
-    request: Request,
+    ctx: Ctx,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
-    store: TokenStore = request.app.state.tokens
-    principal = store.authenticate(credentials.credentials) if credentials else None
+    principal = ctx.tokens.authenticate(credentials.credentials) if credentials else None
     if principal is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or invalid bearer token",
                             headers={"WWW-Authenticate": "Bearer"})

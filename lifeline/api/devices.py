@@ -18,13 +18,12 @@ from devices.inventory import device_row, parse_csv, parse_device, parse_json
 from devices.model import Device, valid_device_id
 from devices.status import DeviceState, LinkStatus
 from devices.store import (
-    CachedRegistry,
     DeviceExistsError,
     DeviceFilter,
     DeviceNotFoundError,
     DeviceStore,
 )
-from lifeline.api.deps import Admin, EngineDep, SettingsDep, Viewer
+from lifeline.api.deps import Admin, ApiContext, Ctx, EngineDep, Viewer
 from lifeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -191,18 +190,18 @@ def _public(device: Device, state: DeviceState | None) -> DevicePublic:
     return DevicePublic.model_validate(row)
 
 
-def _catalogue(request: Request, settings: Settings) -> Catalogue:
-    cached: Catalogue | None = getattr(request.app.state, "device_catalogue", None)
+def _catalogue(ctx: ApiContext) -> Catalogue:
+    cached = ctx.caches.catalogue
     if cached is None:
         cached = Catalogue.builtin()
-        if settings.devices.catalogue:
-            cached = Catalogue.load(settings.devices.catalogue, cached)
-        request.app.state.device_catalogue = cached
+        if ctx.settings.devices.catalogue:
+            cached = Catalogue.load(ctx.settings.devices.catalogue, cached)
+        ctx.caches.catalogue = cached
     return cached
 
 
-def _changed(request: Request, device_id: str | None = None) -> None:
-    cache: CachedRegistry | None = getattr(request.app.state, "device_cache", None)
+def _changed(ctx: ApiContext, device_id: str | None = None) -> None:
+    cache = ctx.device_cache
     if cache is None:
         return
     if device_id is None:
@@ -249,15 +248,14 @@ def list_devices(
 @router.post("", status_code=status.HTTP_201_CREATED,
              responses={409: {"description": "the id exists"},
                         422: {"description": "invalid device"}})
-def create_device(body: DeviceCreate, _: Admin, engine: EngineDep,
-                  settings: SettingsDep, request: Request) -> DevicePublic:
+def create_device(body: DeviceCreate, _: Admin, engine: EngineDep, ctx: Ctx) -> DevicePublic:
     """Register a device."""
-    device = _validated(body.model_dump(mode="json"), _catalogue(request, settings))
+    device = _validated(body.model_dump(mode="json"), _catalogue(ctx))
     try:
         DeviceStore(engine).create(device)
     except DeviceExistsError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
-    _changed(request, device.id)
+    _changed(ctx, device.id)
     return _public(device, None)
 
 
@@ -270,7 +268,7 @@ MAX_IMPORT_BYTES = 64 * 1024 * 1024
                  "text/csv": {"schema": {"type": "string"}},
                  "application/json": {"schema": {"type": "array", "items": {}}}}}})
 async def import_devices(
-    _: Admin, engine: EngineDep, settings: SettingsDep, request: Request,
+    _: Admin, engine: EngineDep, ctx: Ctx, request: Request,
     skip_invalid: bool = False,
     format: Annotated[Literal["csv", "json"] | None, Query()] = None,
 ) -> Response:
@@ -289,11 +287,11 @@ async def import_devices(
     ctype = request.headers.get("content-type", "")
     sniffed = "json" if text.lstrip()[:1] in ("[", "{") else "csv"
     kind = format or ("json" if "json" in ctype else "csv" if "csv" in ctype else sniffed)
-    catalogue = _catalogue(request, settings)
-    return await run_in_threadpool(_import, engine, request, catalogue, text, kind, skip_invalid)
+    catalogue = _catalogue(ctx)
+    return await run_in_threadpool(_import, engine, ctx, catalogue, text, kind, skip_invalid)
 
 
-def _import(engine: Engine, request: Request, catalogue: Catalogue, text: str, kind: str,
+def _import(engine: Engine, ctx: ApiContext, catalogue: Catalogue, text: str, kind: str,
             skip_invalid: bool) -> Response:
     try:
         parsed = (parse_json if kind == "json" else parse_csv)(text, catalogue, source="body")
@@ -308,7 +306,7 @@ def _import(engine: Engine, request: Request, catalogue: Catalogue, text: str, k
     counts = None
     if imported:
         counts = DeviceStore(engine).upsert_many(parsed.devices)
-        _changed(request)
+        _changed(ctx)
     result = DeviceImportPublic(
         imported=imported, created=counts.created if counts else 0,
         updated=counts.updated if counts else 0, unchanged=counts.unchanged if counts else 0,
@@ -328,40 +326,40 @@ def get_device(device_id: str, _: Viewer, engine: EngineDep) -> DevicePublic:
 @router.patch("/{device_id}", responses={404: {"description": "no such device"},
                                          422: {"description": "invalid change"}})
 def update_device(device_id: str, body: DeviceUpdate, _: Admin, engine: EngineDep,
-                  settings: SettingsDep, request: Request) -> DevicePublic:
+                  ctx: Ctx) -> DevicePublic:
     """Change some fields of a device."""
     store = DeviceStore(engine)
     current = _get(store, device_id)
     raw = device_row(current)
     raw.update(body.model_dump(mode="json", exclude_unset=True))
-    device = _validated(raw, _catalogue(request, settings))
+    device = _validated(raw, _catalogue(ctx))
     try:
         store.replace(device)
     except DeviceNotFoundError as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
-    _changed(request, device.id)
+    _changed(ctx, device.id)
     return _public(device, store.states([device.id]).get(device.id))
 
 
 @router.delete("/{device_id}", status_code=status.HTTP_204_NO_CONTENT,
                responses={404: {"description": "no such device"}})
-def delete_device(device_id: str, _: Admin, engine: EngineDep, request: Request) -> Response:
+def delete_device(device_id: str, _: Admin, engine: EngineDep, ctx: Ctx) -> Response:
     """Soft-delete a device (an import or create brings it back)."""
     if not valid_device_id(device_id) or not DeviceStore(engine).delete(device_id):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"device {device_id[:64]!r} not found")
-    _changed(request, device_id)
+    _changed(ctx, device_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get("/{device_id}/latest", responses={404: {"description": "no such device"}})
-def device_latest(device_id: str, _: Viewer, engine: EngineDep, settings: SettingsDep,
-                  request: Request) -> DeviceLatestPublic:
+def device_latest(device_id: str, _: Viewer, engine: EngineDep, ctx: Ctx) -> DeviceLatestPublic:
     """Status, the latest value of each metric (from InfluxDB), recent changes and events."""
     store = DeviceStore(engine)
     device = _get(store, device_id)
     readings: dict[str, dict[str, Any]] = {}
     error: str | None = None
-    dtype = _catalogue(request, settings).types.get(device.type)
+    settings = ctx.settings
+    dtype = _catalogue(ctx).types.get(device.type)
     try:
         if dtype is not None:
             readings = _latest_readings(settings, device, list(dtype.metrics))

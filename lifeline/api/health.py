@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from lifeline.api.deps import Viewer
+from lifeline.api.deps import Ctx, Viewer
 from lifeline.redaction import mask_urls
 
 router = APIRouter(tags=["health"])
@@ -21,9 +21,9 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", responses={503: {"description": "a dependency is not ready"}})
-def readyz(request: Request) -> JSONResponse:
+def readyz(ctx: Ctx) -> JSONResponse:
     """Ready when every registered readiness check passes."""
-    registered = request.app.state.ready_checks.items()
+    registered = ctx.ready_checks.items()
     checks: dict[str, Any] = {name: check() for name, check in registered}
     ready = all(ok for ok, _ in checks.values())
     details = {k: {"ok": ok, "detail": mask_urls(str(d))} for k, (ok, d) in checks.items()}
@@ -34,11 +34,8 @@ def readyz(request: Request) -> JSONResponse:
 @router.get("/metrics", responses={
     200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
     401: {"description": "missing or invalid bearer token"}})
-def metrics(request: Request, _: Viewer) -> Response:
+def metrics(ctx: Ctx, _: Viewer) -> Response:
     """Prometheus metrics of every component: the process-wide registry (ingest, process)
     and the app's (database state, rule evaluation, webhooks)."""
-    body = generate_latest()
-    registry: CollectorRegistry | None = getattr(request.app.state, "metrics_registry", None)
-    if registry is not None:
-        body += generate_latest(registry)
+    body = generate_latest() + generate_latest(ctx.metrics_registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

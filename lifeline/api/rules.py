@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request, status
+from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 
-from lifeline.api.deps import Admin, Viewer
+from lifeline.api.deps import Admin, ApiContext, Ctx, Viewer
 from rules.engine import RuleEngine
 from rules.errors import RulesError
 
@@ -52,8 +51,8 @@ class RulesReloadPublic(BaseModel):
     count: int
 
 
-def _engine(request: Request) -> RuleEngine:
-    engine: RuleEngine | None = getattr(request.app.state, "rule_engine", None)
+def _engine(ctx: ApiContext) -> RuleEngine:
+    engine = ctx.rule_engine
     if engine is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the rule engine is not running")
     return engine
@@ -61,9 +60,9 @@ def _engine(request: Request) -> RuleEngine:
 
 @router.get("", response_model=RulesPublic,
             responses={503: {"description": "the rule engine is not running"}})
-def list_rules(request: Request, _: Viewer) -> RulesPublic:
+def list_rules(ctx: Ctx, _: Viewer) -> RulesPublic:
     """Every loaded rule with the number of series it applies to and is firing for."""
-    engine = _engine(request)
+    engine = _engine(ctx)
     data = [
         RulePublic(id=d["rule"].id, kind=d["rule"].kind, severity=d["rule"].severity.value,
                    description=d["rule"].description,
@@ -78,10 +77,9 @@ def list_rules(request: Request, _: Viewer) -> RulesPublic:
 @router.post("/reload", response_model=RulesReloadPublic,
              responses={UNPROCESSABLE: {"description": "a rule file is invalid; nothing changed"},
                         503: {"description": "the rule engine is not running"}})
-async def reload_rules(request: Request, principal: Admin) -> RulesReloadPublic:
+async def reload_rules(ctx: Ctx, principal: Admin) -> RulesReloadPublic:
     """Load the rule files again (like SIGHUP); unchanged rules keep their state."""
-    reload: Callable[[], tuple[int, int]] | None = getattr(request.app.state, "rules_reload",
-                                                            None)
+    reload = ctx.rules_reload
     if reload is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the rule engine is not running")
     try:

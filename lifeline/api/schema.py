@@ -11,7 +11,7 @@ from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse
 
-from lifeline.api.deps import Viewer
+from lifeline.api.deps import Ctx, Viewer
 
 router = APIRouter(tags=["health"])
 OPEN_PATHS = ("/healthz", "/readyz")  # probes may add parameters of their own: ignored
@@ -82,7 +82,7 @@ def install_openapi(app: FastAPI) -> None:
     app.openapi = build  # type: ignore[method-assign]
 
 
-def reject_unknown_query(request: Request) -> None:
+def reject_unknown_query(request: Request, ctx: Ctx) -> None:
     """422 on a query parameter the route does not declare (a misspelt filter,
     ``?stat=open``, must not silently return everything) or on a single-valued one given
     more than once (``?state=a&state=b`` would silently mean ``b``)."""
@@ -90,8 +90,7 @@ def reject_unknown_query(request: Request) -> None:
     path = getattr(route, "path", None)
     if path is None or not request.query_params or path in OPEN_PATHS:
         return
-    known: dict[tuple[str, str], dict[str, bool]] | None = getattr(
-        request.app.state, "query_names", None)
+    known = ctx.caches.query_names
     if known is None:
         known = {}
         for route_path, item in request.app.openapi().get("paths", {}).items():
@@ -99,7 +98,7 @@ def reject_unknown_query(request: Request) -> None:
                 known[(method.upper(), route_path)] = {
                     p["name"]: p.get("schema", {}).get("type") == "array"
                     for p in op.get("parameters", []) if p.get("in") == "query"}
-        request.app.state.query_names = known
+        ctx.caches.query_names = known
     allowed = known.get((request.method, path), {})
     problems = [f"unknown query parameter {name[:64]!r}"
                 for name in sorted(set(request.query_params) - set(allowed))]

@@ -53,10 +53,13 @@ def backtest_command(args: argparse.Namespace) -> int:
         err(f"skipped non-numeric column {name}")
     rows = []
     for f in result.findings:
-        rows.append({"device": f.device_id, "metric": f.metric, "rule": f.rule_id,
-                     "severity": f.severity.value, "state": f.state.value,
-                     "ts": iso(f.ts_ns, args.timezone),
-                     "value": f.value if math.isfinite(f.value) else None})
+        row = {"device": f.device_id, "metric": f.metric, "rule": f.rule_id,
+               "severity": f.severity.value, "state": f.state.value,
+               "ts": iso(f.ts_ns, args.timezone),
+               "value": f.value if math.isfinite(f.value) else None}
+        if f.detail:  # multivariate: the statistic and the top contributing metrics
+            row["detail"] = f.detail
+        rows.append(row)
     if args.json:
         for row in rows:
             print(orjson.dumps(row).decode())

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common.duration import parse_duration_ns
 from dashboards.check import run_dashboard
 from dashboards.definitions import all_boards
 from dashboards.errors import DashboardsError
@@ -20,7 +21,6 @@ from devices.catalogue import Catalogue
 from devices.errors import CatalogueError
 from lifeline.commands.common import CommandError, settings_from
 from lifeline.settings import Settings
-from rules.model import parse_duration_ns
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -21,13 +21,13 @@ from types import FrameType
 
 import httpx
 
-from alerts.kpi import compute
+from alerts.cases.kpi import compute
 from devices.registry import write_inventory
 from devices.topics import TopicScheme
+from devtools.harness import Harness, HarnessError, free_port
 from ingest.deadletter import DeadLetterStore
 from lifeline.commands.common import CommandError
 from lifeline.db import open_database
-from lifeline.harness import Harness, HarnessError, free_port
 from lifeline.influxquery import count_values
 from simulators.dispatch import DispatchPlan, DispatchSimulator
 from simulators.fleet import make_fleet

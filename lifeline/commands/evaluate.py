@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from common.duration import parse_duration_ns
 from lifeline.commands.common import CommandError, settings_from
 from lifeline.commands.simulate import load_scenario_arg
 from lifeline.evaluate import EvaluationSetup, evaluate_offline, shorten
 from lifeline.settings import Settings
-from rules.model import parse_duration_ns
 from simulators.errors import ScenarioError
-from simulators.scenario import Scenario, builtin_scenarios_dir
+from simulators.scenario import Scenario, builtin_scenarios_dir, ruleset_path
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -34,6 +35,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         "(incidents starting later are left out); bounds the run time")
     p.add_argument("--work-dir", default=None,
                    help="online: keep the run's files here (serve.log, database, services)")
+    p.add_argument("--rules", action="append", default=None, metavar="PATH|NAME",
+                   help="evaluate these rules instead of the configured rules.paths: a rule "
+                        "file, a folder, or a rule set shipped with the scenarios "
+                        "(simulators/rulesets, e.g. pump-station-zscore); repeatable")
     p.add_argument("--json", action="store_true", help="one JSON object per scenario")
     p.set_defaults(func=evaluate_command)
 
@@ -59,6 +64,11 @@ def evaluate_command(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CommandError(f"--duration: {exc}", code=2) from exc
     setup = setup_from(settings)
+    if args.rules:
+        try:
+            setup = replace(setup, rule_paths=[ruleset_path(r) for r in args.rules])
+        except ScenarioError as exc:
+            raise CommandError(str(exc), code=2) from exc
     all_met = True
     for name in names:
         scenario = load_scenario_arg(name)

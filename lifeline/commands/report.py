@@ -8,6 +8,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from common.duration import parse_duration_ns
 from dashboards.errors import DashboardsError
 from dashboards.report import Kpi, Snapshot, write_report
 from lifeline.commands.common import CommandError, settings_from
@@ -15,7 +16,6 @@ from lifeline.commands.dashboards import grafana_target, influx_client
 from lifeline.db import DatabaseError
 from lifeline.report_state import database_kpis, database_snapshot, report_engine
 from lifeline.settings import Settings
-from rules.model import parse_duration_ns
 
 log = logging.getLogger(__name__)
 

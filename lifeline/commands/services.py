@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from devtools.harness import Harness, HarnessError
 from lifeline.commands.common import CommandError, settings_from
-from lifeline.harness import Harness, HarnessError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -23,7 +23,6 @@ from lifeline.commands.common import CommandError, err, settings_from
 from lifeline.db import create_db_engine
 from lifeline.progress import Progress
 from lifeline.settings import Settings
-from rules.model import parse_duration_ns
 from simulators.city import write_city_inventory
 from simulators.errors import ScenarioError
 from simulators.fleet import make_fleet
@@ -200,8 +199,8 @@ def _run_scenario(args: argparse.Namespace, settings: Settings) -> int:
 def _check_window(run: CityRun, speed: float, settings: Settings) -> None:
     """Warn when readings will be stamped outside what the service accepts."""
     behind, ahead = stamp_offsets(run.start_s, run.end_s - run.start_s, speed, time.time())
-    max_past = parse_duration_ns(settings.ingest.max_past) / 1e9
-    max_future = parse_duration_ns(settings.ingest.max_future) / 1e9
+    max_past = settings.ingest.max_past.seconds
+    max_future = settings.ingest.max_future.seconds
     start = datetime.fromtimestamp(run.start_s, UTC).isoformat(timespec="seconds")
     if behind > max_past:
         err(f"warning: the scenario's readings (from {start}) are up to {behind / 86400:.1f} "

@@ -10,12 +10,26 @@ from __future__ import annotations
 
 from typing import Any
 
-from rules.kinds import composite, flatline, mnf, rate, stale, threshold, zscore
+from rules.kinds import (
+    changepoint,
+    composite,
+    flatline,
+    mnf,
+    multivariate,
+    rate,
+    seasonal,
+    stale,
+    threshold,
+    zscore,
+)
 from rules.kinds.base import RuleKind
+from rules.kinds.changepoint import ChangepointRule
 from rules.kinds.composite import CompositeRule
 from rules.kinds.flatline import FlatlineRule
 from rules.kinds.mnf import MnfRule
+from rules.kinds.multivariate import MultivariateRule
 from rules.kinds.rate import RateRule
+from rules.kinds.seasonal import SeasonalRule
 from rules.kinds.stale import StaleRule
 from rules.kinds.threshold import ThresholdRule
 from rules.kinds.zscore import ZscoreRule
@@ -23,8 +37,8 @@ from rules.model import RuleBase
 
 KINDS: dict[str, RuleKind[Any]] = {
     k.name: k
-    for k in (threshold.KIND, rate.KIND, zscore.KIND, flatline.KIND, stale.KIND, mnf.KIND,
-              composite.KIND)
+    for k in (threshold.KIND, rate.KIND, zscore.KIND, seasonal.KIND, changepoint.KIND,
+              flatline.KIND, stale.KIND, mnf.KIND, multivariate.KIND, composite.KIND)
 }
 """Every kind by its ``kind`` value in rule files (file order of the docs)."""
 
@@ -36,11 +50,14 @@ def kind_of(rule: RuleBase) -> RuleKind[Any]:
 
 __all__ = [
     "KINDS",
+    "ChangepointRule",
     "CompositeRule",
     "FlatlineRule",
     "MnfRule",
+    "MultivariateRule",
     "RateRule",
     "RuleKind",
+    "SeasonalRule",
     "StaleRule",
     "ThresholdRule",
     "ZscoreRule",

@@ -60,6 +60,10 @@ class RefEnv:
     device: Device | None
     metric: str
     timezone: str
+    table: SeriesTable | None = None
+    """The reference's series table (kinds that report on another series look it up)."""
+    shared: dict[Any, Any] = field(default_factory=dict)
+    """State the reference keeps per rule across series (``multivariate``: per device)."""
 
 
 class FindingTracker(Protocol):
@@ -166,6 +170,11 @@ class RuleKind(Generic[R]):
         return None
 
     # ------------------------------------------------------------ reference
+
+    def report_series(self, rule: R, env: RefEnv, sid: int) -> int:
+        """The series a reference transition of a reading of series ``sid`` is reported
+        on (the kernel's ``Transitions.series``); the reading's own by default."""
+        return sid
 
     def ref_state(self, rule: R) -> Any:
         """A fresh reference state of one series."""

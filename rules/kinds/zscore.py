@@ -7,8 +7,16 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, field_validator, model_validator
+from pydantic import (
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
+from common.duration import Duration
+from rules.filters import Groups
 from rules.kernels import (
     LATCH_FIELDS,
     LATE_FIELDS,
@@ -16,8 +24,10 @@ from rules.kernels import (
     Segments,
     SeriesState,
     Transitions,
+    ewma_mean_var,
     latched,
     late_onsets,
+    previous,
 )
 from rules.kinds.base import (
     F64,
@@ -31,7 +41,15 @@ from rules.kinds.base import (
     late_onset,
     median,
 )
-from rules.model import Finite, RuleBase, parse_duration_ns
+from rules.likelihood import (
+    LIKELIHOOD_FIELDS,
+    LikelihoodRef,
+    likelihood_events,
+    likelihood_kernel,
+    likelihood_step,
+    z_anomaly_score,
+)
+from rules.model import Finite, RuleBase
 
 
 class ZscoreRule(RuleBase):
@@ -46,24 +64,37 @@ class ZscoreRule(RuleBase):
     metric: str = Field(min_length=1, max_length=100)
     z: Finite = Field(default=5.0, gt=0, le=1000)
     clear: Finite | None = Field(default=None, ge=0)
-    halflife: int | str = 50
+    halflife: int | Duration = 50
     min_samples: int = Field(default=30, ge=2, le=1_000_000)
     robust: bool = False
     window: int = Field(default=60, ge=5, le=1000)
     direction: Literal["both", "up", "down"] = "both"
     min_std: Finite = Field(default=0.0, ge=0)
+    likelihood: Finite | None = Field(default=None, gt=0.5, lt=1.0)
 
-    @field_validator("halflife")
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Without ``likelihood`` the dump (and so the fingerprint) is as before it existed."""
+        data: dict[str, Any] = handler(self)
+        if self.likelihood is None:
+            data.pop("likelihood", None)
+        return data
+
+    @field_validator("halflife", mode="before")
     @classmethod
-    def _halflife(cls, v: int | str) -> int | str:
-        if isinstance(v, bool):
+    def _halflife(cls, v: object) -> int | Duration:
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        if isinstance(v, bool) or not isinstance(v, int | str):
             raise ValueError("halflife is a number of samples or a duration like '1h'")
         if isinstance(v, int):
             if not 1 <= v <= 1_000_000:
                 raise ValueError("halflife in samples must be between 1 and 1000000")
-        elif parse_duration_ns(v) <= 0:
+            return v
+        halflife = Duration(v)
+        if halflife.ns <= 0:
             raise ValueError("halflife must be > 0")
-        return v
+        return halflife
 
     @model_validator(mode="after")
     def _check(self) -> ZscoreRule:
@@ -89,13 +120,9 @@ def zscore_alpha(rule: ZscoreRule) -> float | None:
     return None
 
 
-def full_row_median(buf: F64) -> F64:
-    """Median of each row of ``buf`` (no NaN); numpy's SIMD sort beats partition here."""
-    w = buf.shape[1]
-    lo, hi = (w - 1) // 2, w // 2
-    srt = np.sort(buf, axis=1)
-    out: F64 = (srt[:, lo] + srt[:, hi]) / 2.0
-    return out
+def halflife_ns(rule: ZscoreRule) -> int:
+    """The half-life in ns when it is a duration, else 0 (a sample count)."""
+    return 0 if isinstance(rule.halflife, int) else rule.halflife.ns
 
 
 def zscore_fields(rule: ZscoreRule) -> dict[str, FieldSpec]:
@@ -107,6 +134,8 @@ def zscore_fields(rule: ZscoreRule) -> dict[str, FieldSpec]:
     else:
         fields["mean"] = (np.float64, 0.0, 0)
         fields["var"] = (np.float64, 0.0, 0)
+    if rule.likelihood is not None:
+        fields.update(LIKELIHOOD_FIELDS)
     return fields
 
 
@@ -114,19 +143,102 @@ def zscore_kernel(rule: ZscoreRule, state: SeriesState, series: I64, ts: I64,
                   value: F64) -> Transitions:
     """z of each reading against the state before it, then the state is updated.
 
-    The recurrence runs one vectorised step per reading rank within the batch (all
-    series' first rows, then all second rows, ...), so cost grows with the longest
-    run of one series in the batch, not with the number of series.
+    Batches of many series with few rows each (the service) run one vectorised step
+    per reading rank (:func:`zscore_loop`: the reference's arithmetic exactly). A batch
+    holding a long run of one series (backfill, backtest) runs whole series at once:
+    EWMA mean and variance through compiled filters (:func:`rules.kernels.ewma_mean_var`;
+    equal to the reference to rounding), the robust window of each reading gathered
+    from the ring buffer and the batch (exact). Infinite values take the loop (EWMA).
     """
-    n = series.shape[0]
     seg = Segments.of(series)
+    heads = series[seg.start_idx]
+    if int((seg.end_idx - seg.start_idx).max()) < _LONG:  # many series, few rows each
+        return zscore_loop(rule, state, series, ts, value, seg)
+    if rule.robust:
+        zs = _robust_batch(rule, state, series, value, seg)
+    else:
+        if not (np.isfinite(value).all() and np.isfinite(state["mean"][heads]).all()
+                and np.isfinite(state["var"][heads]).all()):  # inf would leak across series
+            return zscore_loop(rule, state, series, ts, value, seg)
+        zs = _ewma_batch(rule, state, series, ts, value, seg)
+    last = seg.end_idx
+    state["count"][heads] += last - seg.start_idx + 1
+    state["last_t"][heads] = ts[last]
+    return _z_transitions(rule, state, series, ts, value, zs, seg)
+
+
+_LONG = 64  # a series with this many rows in the batch: whole-series path
+_GATHER = 2_000_000  # window cells gathered at a time (robust)
+
+
+def _ewma_batch(rule: ZscoreRule, state: SeriesState, series: I64, ts: I64, value: F64,
+                seg: Segments) -> F64:
+    """z of each row against the EWMA before it; the mean and variance state move on."""
+    count, mean, var = state["count"], state["mean"], state["var"]
+    alpha = zscore_alpha(rule)
+    if alpha is None:
+        gap = (ts - previous(ts, state["last_t"], series, seg)).astype(np.float64)
+        a = 1.0 - decay(gap / float(halflife_ns(rule)))
+    else:
+        a = np.full(series.shape[0], alpha)
+    c = count[series] + (seg.rows - seg.first)
+    _, d, var_before, mean_after, var_after = ewma_mean_var(
+        value, a, seg, mean[series], var[series], c == 0)
+    last, heads = seg.end_idx, series[seg.end_idx]
+    mean[heads] = mean_after[last]
+    var[heads] = var_after[last]
+    return ewma_z(rule, c, var_before, d)
+
+
+def _robust_batch(rule: ZscoreRule, state: SeriesState, series: I64, value: F64,
+                  seg: Segments) -> F64:
+    """z of each row against the median/MAD of the ``window`` values before it; the
+    ring buffer takes the rows.
+
+    Each series' ring (oldest first) is laid before its rows, so a row's window is a
+    slice of that sequence; :func:`robust_z` gets it with the roll that puts it back in
+    the ring's slot order (which the mean absolute deviation is summed in).
+    """
+    w = rule.window
+    buf = state["buf"]
+    heads = series[seg.start_idx]
+    n_heads = heads.shape[0]
+    g = np.repeat(np.arange(n_heads), seg.end_idx - seg.start_idx + 1)  # segment of each row
+    rank = seg.rows - seg.first
+    c0 = state["count"][heads]
+    c = c0[g] + rank
+    zs = np.full(series.shape[0], np.nan)
+    judged = np.flatnonzero(c >= w)
+    if judged.shape[0]:
+        seq = np.empty(n_heads * w + series.shape[0])  # per series: its ring, its rows
+        k = np.arange(w)
+        ring_at = (seg.start_idx + np.arange(n_heads) * w)[:, None] + k
+        seq[ring_at] = buf[heads[:, None], (c0[:, None] - w + k) % w]
+        seq[seg.rows + (g + 1) * w] = value
+        windows = np.lib.stride_tricks.sliding_window_view(seq, w)
+        step = max(1, _GATHER // w)
+        for lo in range(0, judged.shape[0], step):
+            rows = judged[lo:lo + step]
+            zs[rows] = robust_z(rule, windows[rows + g[rows] * w], value[rows], c[rows] % w)
+    n_seg = seg.end_idx - seg.start_idx + 1
+    tail = np.flatnonzero(rank >= (n_seg - w)[g])  # the rows the ring keeps
+    buf[series[tail], c[tail] % w] = value[tail]
+    return zs
+
+
+def zscore_loop(rule: ZscoreRule, state: SeriesState, series: I64, ts: I64, value: F64,
+                seg: Segments) -> Transitions:
+    """The kernel as one vectorised step per reading rank (all series' first rows, then
+    all second rows, ...): the reference's arithmetic exactly; cost grows with the
+    longest run of one series in the batch, not with the number of series."""
+    n = series.shape[0]
     rank = np.arange(n, dtype=np.int64) - seg.first
     order = np.argsort(rank, kind="stable")
     bounds = np.searchsorted(rank[order], np.arange(int(rank.max()) + 2))
     zs = np.full(n, np.nan)
     count, last_t = state["count"], state["last_t"]
     alpha = zscore_alpha(rule)
-    hl_ns = 0 if isinstance(rule.halflife, int) else parse_duration_ns(rule.halflife)
+    hl_ns = halflife_ns(rule)
     for k in range(bounds.shape[0] - 1):
         rows = order[bounds[k]:bounds[k + 1]]
         s, x, t = series[rows], value[rows], ts[rows]
@@ -157,15 +269,36 @@ def zscore_kernel(rule: ZscoreRule, state: SeriesState, series: I64, ts: I64,
     return _z_transitions(rule, state, series, ts, value, zs, seg)
 
 
-def robust_z(rule: ZscoreRule, b: F64, x: F64) -> F64:
-    """z of ``x`` against the median and MAD of each row of the full window ``b``."""
+def robust_z(rule: ZscoreRule, b: F64, x: F64, roll: I64 | None = None) -> F64:
+    """z of ``x`` against the median and MAD of each row of the full window ``b``.
+
+    ``b``: each row in the ring buffer's slot order, or (with ``roll``) oldest first,
+    slot ``j`` holding column ``(j - roll) % window``. Median and MAD do not depend
+    on the order; the mean absolute deviation (the scale where the MAD is 0) is summed
+    in slot order, as the reference sums it, and only for those rows.
+    """
     med = full_row_median(b)
     dev = np.abs(b - med[:, None])
-    mad = full_row_median(dev) * 1.4826
-    meanad = dev.mean(axis=1) * 1.2533
-    scale = np.maximum(np.where(mad > 0, mad, meanad), rule.min_std)
+    scale = full_row_median(dev) * 1.4826
+    flat = np.flatnonzero(~(scale > 0))
+    if flat.shape[0]:
+        ring = dev[flat]
+        if roll is not None:
+            w = b.shape[1]
+            ring = np.take_along_axis(ring, (np.arange(w) - roll[flat][:, None]) % w, axis=1)
+        scale[flat] = ring.mean(axis=1) * 1.2533
+    scale = np.maximum(scale, rule.min_std)
     z: F64 = np.where(scale > 0, (x - med) / np.where(scale > 0, scale, 1.0), np.nan)
     return z
+
+
+def full_row_median(buf: F64) -> F64:
+    """Median of each row of ``buf`` (no NaN); numpy's SIMD sort beats partition here."""
+    w = buf.shape[1]
+    lo, hi = (w - 1) // 2, w // 2
+    srt = np.sort(buf, axis=1)
+    out: F64 = (srt[:, lo] + srt[:, hi]) / 2.0
+    return out
 
 
 def ewma_z(rule: ZscoreRule, count: I64, var: F64, d: F64) -> F64:
@@ -192,7 +325,13 @@ def z_events(rule: ZscoreRule, zs: F64) -> tuple[B, B]:
 
 def _z_transitions(rule: ZscoreRule, state: SeriesState, series: I64, ts: I64, value: F64,
                    zs: F64, seg: Segments) -> Transitions:
-    set_ev, reset_ev = z_events(rule, zs)
+    if rule.likelihood is not None:
+        x = likelihood_kernel(state, z_anomaly_score(zs, rule.direction),
+                              Groups.of(seg.start_idx, series.shape[0]),
+                              series[seg.start_idx])
+        set_ev, reset_ev = likelihood_events(x, rule.likelihood)
+    else:
+        set_ev, reset_ev = z_events(rule, zs)
     return latched(state, rule, series, ts, value, set_ev, reset_ev, seg)
 
 
@@ -224,6 +363,7 @@ class ZscoreRef(LateJudged):
     mean: float = 0.0
     var: float = 0.0
     buf: list[float] = field(default_factory=list)
+    lk: LikelihoodRef = field(default_factory=LikelihoodRef)
 
 
 def z_of(rule: ZscoreRule, st: ZscoreRef, v: float) -> float | None:
@@ -266,7 +406,7 @@ def zscore_step(rule: ZscoreRule, st: ZscoreRef, t: int, v: float) -> list[Out]:
     else:
         alpha = zscore_alpha(rule)
         if alpha is None:
-            hl = float(parse_duration_ns(rule.halflife))
+            hl = float(halflife_ns(rule))
             alpha = 1.0 - float(decay(np.array([float(t - st.last_t) / hl]))[0])
         d = v - st.mean
         if st.count == 0:
@@ -276,7 +416,12 @@ def zscore_step(rule: ZscoreRule, st: ZscoreRef, t: int, v: float) -> list[Out]:
             st.mean, st.var = st.mean + incr, (1.0 - alpha) * (st.var + d * incr)
     st.count += 1
     st.last_t = t
-    set_, reset = ref_z_events(rule, z)
+    if rule.likelihood is not None:
+        score = None if z is None else float(
+            z_anomaly_score(np.array([z]), rule.direction)[0])
+        set_, reset = likelihood_step(st.lk, score, rule.likelihood)
+    else:
+        set_, reset = ref_z_events(rule, z)
     return st.latch.step(rule, t, set_, reset, v)
 
 
@@ -301,8 +446,9 @@ class ZscoreKind(RuleKind[ZscoreRule]):
         return zscore_kernel(rule, env.state, series, ts, value)
 
     def judges_late(self, rule: ZscoreRule) -> bool:
-        """Without ``for``: a late reading is judged against the history as it is."""
-        return not rule.for_ns
+        """Without ``for`` (nor ``likelihood``): a late reading is judged against the
+        history as it is."""
+        return not rule.for_ns and rule.likelihood is None
 
     def late(self, rule: ZscoreRule, env: Env, series: I64, ts: I64, value: F64
              ) -> Transitions:

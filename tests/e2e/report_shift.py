@@ -30,22 +30,24 @@ import sqlalchemy as sa
 from matplotlib import image as mpimg
 from PIL import Image
 
-from alerts.model import AlertConfig, CaseConfig, StageDeadlines
-from alerts.ops import apply_action
-from alerts.pipeline import AlertPipeline
-from alerts.schema import cases
-from alerts.workflow import Action
+from alerts.cases.actions import apply_action
+from alerts.cases.model import CaseConfig, StageDeadlines
+from alerts.cases.store import cases
+from alerts.cases.workflow import Action
+from alerts.lifecycle.model import AlertConfig
+from alerts.lifecycle.pipeline import AlertPipeline
 from dashboards.lines import device_info_lines
 from devices.model import Device
 from devices.registry import MemoryRegistry
-from devices.series import escape_string_field, escape_tag
 from devices.status import Change, DeviceState, LinkStatus, StatusChange
 from devices.store import DeviceStore
+from devtools.harness import start_influxdb
 from lifeline.db import open_database
-from lifeline.harness import start_influxdb
 from rules.device_events import OFFLINE_RULE
 from rules.model import Finding, FindingState, Severity
 from tests.e2e.report_page import screenshot
+from tsdb.lineproto import FieldValue
+from tsdb.schema import DEVICE_STATUS
 
 MIN = 60 * 10**9
 HOUR = 60 * MIN
@@ -94,14 +96,13 @@ def _devices() -> list[Device]:
 
 
 def _status_line(d: Device, link: LinkStatus, change: Change, reason: str, ts_ns: int) -> str:
-    tags = [f"device={escape_tag(d.id)}", f"type={escape_tag(d.type)}",
-            f"grid={escape_tag(d.grid)}", f"district={escape_tag(d.district)}",
-            f"unit={escape_tag(d.unit)}"]
-    fields = [f"change={escape_string_field(change.value)}",
-              f"state={escape_string_field(link.value)}",
-              f"online={1 if link is LinkStatus.ONLINE else 0}i", "battery_low=0i",
-              "weak_signal=0i", f"reason={escape_string_field(reason)}"]
-    return f"lifeline_device_status,{','.join(tags)} {','.join(fields)} {ts_ns}"
+    tags = {"device": d.id, "type": d.type, "grid": d.grid, "district": d.district,
+            "unit": d.unit}
+    fields: dict[str, FieldValue] = {
+        "change": change.value, "state": link.value,
+        "online": 1 if link is LinkStatus.ONLINE else 0, "battery_low": 0, "weak_signal": 0,
+        "reason": reason}
+    return DEVICE_STATUS.line(tags, fields, ts_ns)
 
 
 def write_lines(influx_url: str, database: str, lines: list[str]) -> None:

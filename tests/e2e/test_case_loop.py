@@ -21,8 +21,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from devices.model import Device
 from devices.registry import write_inventory
+from devtools.harness import ManagedService, free_port
 from lifeline.auth import new_token, token_digest
-from lifeline.harness import ManagedService, free_port
 from lifeline.influxquery import influxql
 from simulators.city import write_city_inventory
 from simulators.dispatch import DispatchPlan, DispatchSimulator

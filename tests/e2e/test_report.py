@@ -18,10 +18,10 @@ from typing import Any
 import httpx
 import pytest
 
+from devtools.harness import ManagedService, free_port
 from lifeline.app import ApiServer, create_app
 from lifeline.auth import new_token, token_digest
 from lifeline.db import open_database
-from lifeline.harness import ManagedService, free_port
 from lifeline.settings import load_settings
 from tests.e2e.report_page import dump_dom, element_attrs, page_figures, png_stats, screenshot
 from tests.e2e.report_shift import STORM_DEVICES, Shift, script_shift

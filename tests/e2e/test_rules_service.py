@@ -19,8 +19,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from devices.model import Device
 from devices.registry import write_inventory
+from devtools.harness import ManagedService, free_port
 from lifeline.auth import new_token, token_digest
-from lifeline.harness import ManagedService, free_port
 from tests.support import clean_env, wait_for
 
 pytestmark = pytest.mark.e2e

@@ -20,10 +20,10 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from alerts.signing import sign_callback
+from alerts.delivery.signing import sign_callback
+from devtools.harness import ManagedService
+from devtools.receiver import WebhookReceiver
 from lifeline.auth import new_token, token_digest
-from lifeline.harness import ManagedService
-from lifeline.receiver import WebhookReceiver
 from tests.support import clean_env, wait_for
 
 pytestmark = pytest.mark.e2e

@@ -14,7 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from lifeline.harness import ManagedService
+from devtools.harness import ManagedService
 from tests.support import clean_env, wait_for
 
 pytestmark = pytest.mark.e2e

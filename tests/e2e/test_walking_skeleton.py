@@ -14,9 +14,9 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from lifeline.harness import ManagedService
+from devtools.harness import ManagedService
+from devtools.receiver import WebhookReceiver
 from lifeline.influxquery import count_values, influxql
-from lifeline.receiver import WebhookReceiver
 from tests.support import clean_env, wait_for
 
 pytestmark = pytest.mark.e2e

@@ -10,9 +10,9 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
-from alerts.model import AlertConfig
-from alerts.pipeline import AlertPipeline
-from alerts.signing import sign_callback
+from alerts.delivery.signing import sign_callback
+from alerts.lifecycle.model import AlertConfig
+from alerts.lifecycle.pipeline import AlertPipeline
 from devices.model import Device
 from devices.registry import MemoryRegistry
 from lifeline.alerting import case_config

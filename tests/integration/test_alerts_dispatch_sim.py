@@ -9,18 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from alerts.cases import CaseBook
-from alerts.kpi import compute
-from alerts.model import AlertConfig, CaseConfig, CaseState, StageDeadlines
-from alerts.ops import CaseFilter, case_with_history, list_cases
-from alerts.outbox import DeliveryConfig, OutboxWorker
-from alerts.pipeline import AlertPipeline
-from alerts.webhook import HttpNotifier
+from alerts.cases.book import CaseBook
+from alerts.cases.kpi import compute
+from alerts.cases.model import CaseConfig, CaseState, StageDeadlines
+from alerts.cases.ops import CaseFilter, case_with_history, list_cases
+from alerts.delivery.outbox import DeliveryConfig, OutboxWorker
+from alerts.delivery.webhook import HttpNotifier
+from alerts.lifecycle.model import AlertConfig
+from alerts.lifecycle.pipeline import AlertPipeline
 from devices.model import Device
 from devices.registry import MemoryRegistry
+from devtools.harness import free_port
 from lifeline.app import ApiServer, create_app
 from lifeline.db import open_database
-from lifeline.harness import free_port
 from lifeline.settings import load_settings
 from rules.model import Finding, FindingState, Severity
 from simulators.dispatch import DispatchPlan, DispatchSimulator
@@ -39,8 +40,7 @@ def test_simulated_dispatch_closes_every_case_with_returns_and_late_handling(
                      deadlines={"critical": StageDeadlines(handle_ns=1_500_000_000)})
     pipeline = AlertPipeline(engine, MemoryRegistry(devices), AlertConfig(resolve_delay_ns=0),
                              cfg)
-    app = create_app(settings, engine)
-    app.state.case_book = CaseBook(cfg, lambda line: None)
+    app = create_app(settings, engine, case_book=CaseBook(cfg, lambda line: None))
     port = free_port()
     server = ApiServer(app, "127.0.0.1", port)
     server.start()
@@ -99,7 +99,7 @@ def test_dispatch_plan_refuses_bad_values(kwargs: dict[str, float]) -> None:
 def test_simulated_dispatch_checks_what_it_receives() -> None:
     import httpx
 
-    from alerts.signing import sign
+    from alerts.delivery.signing import sign
 
     sim = DispatchSimulator(SECRET, f"http://127.0.0.1:{free_port()}").start()
     try:

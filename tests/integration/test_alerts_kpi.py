@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from alerts.kpi import KpiScope, compute, kpi_lines
-from alerts.model import AlertConfig, CaseConfig, StageDeadlines
-from alerts.ops import AlertFilter, list_alerts
-from alerts.pipeline import AlertPipeline
-from alerts.workflow import Action
+from alerts.cases.kpi import KpiScope, compute, kpi_lines
+from alerts.cases.model import CaseConfig, StageDeadlines
+from alerts.cases.workflow import Action
+from alerts.lifecycle.model import AlertConfig
+from alerts.lifecycle.ops import AlertFilter, list_alerts
+from alerts.lifecycle.pipeline import AlertPipeline
 from devices.model import Device
 from devices.registry import MemoryRegistry
 from lifeline.db import open_database

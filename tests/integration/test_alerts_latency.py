@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from alerts.ops import AlertFilter, list_alerts
-from alerts.store import get_case
+from alerts.cases.store import get_case
+from alerts.lifecycle.ops import AlertFilter, list_alerts
 from devices.model import Device
 from devices.registry import MemoryRegistry
 from lifeline.alerting import AlertsRuntime

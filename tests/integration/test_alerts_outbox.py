@@ -13,14 +13,14 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from alerts.model import DeliveryStatus
-from alerts.outbox import DeliveryConfig, OutboxWorker, list_deliveries, resend
-from alerts.schema import outbox
-from alerts.signing import verify
-from alerts.store import enqueue
-from alerts.webhook import HttpNotifier
+from alerts.delivery.model import DeliveryStatus
+from alerts.delivery.ops import list_deliveries, resend
+from alerts.delivery.outbox import DeliveryConfig, OutboxWorker
+from alerts.delivery.signing import verify
+from alerts.delivery.store import enqueue, outbox
+from alerts.delivery.webhook import HttpNotifier
+from devtools.harness import free_port
 from lifeline.db import open_database
-from lifeline.harness import free_port
 from tests.support import wait_for
 
 pytestmark = pytest.mark.integration

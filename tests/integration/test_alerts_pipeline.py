@@ -8,20 +8,16 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from alerts.cases.model import CaseConfig, CaseState, StageDeadlines
+from alerts.cases.ops import case_with_history
+from alerts.cases.workflow import Action
+from alerts.delivery.store import outbox
 from alerts.errors import IllegalTransitionError
-from alerts.model import AlertConfig, AlertState, CaseConfig, CaseState, SilenceKind, StageDeadlines
-from alerts.ops import (
-    AlertFilter,
-    ack_alert,
-    case_with_history,
-    create_silence,
-    expire_silence,
-    list_alerts,
-    unack_alert,
-)
-from alerts.pipeline import AlertPipeline
-from alerts.schema import outbox
-from alerts.workflow import Action
+from alerts.lifecycle.model import AlertConfig, AlertState
+from alerts.lifecycle.ops import AlertFilter, ack_alert, list_alerts, unack_alert
+from alerts.lifecycle.pipeline import AlertPipeline
+from alerts.silences.model import SilenceKind
+from alerts.silences.ops import create_silence, expire_silence
 from devices.model import Device
 from devices.registry import MemoryRegistry
 from lifeline.db import open_database
@@ -260,7 +256,7 @@ def test_inhibition_by_device_state_fault_event_and_critical(db_url: str) -> Non
 
 
 def test_case_auto_registration_routing_deadlines_and_escalation(db_url: str) -> None:
-    from alerts.model import Route
+    from alerts.cases.model import Route
     cfg = CaseConfig(auto_register=Severity.MAJOR,
                      routes=(Route("G1", "gas_alarm", "燃气抢修队"),),
                      deadlines={"gas_alarm/critical": StageDeadlines(dispatch_ns=300 * S,

@@ -18,15 +18,15 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from alerts.schema import alerts
+from alerts.lifecycle.store import alerts
 from dashboards.check import Outcome, run_dashboard, targets_of
 from dashboards.definitions import DEVICE_TYPES, all_boards
 from dashboards.query import InfluxQLClient
 from dashboards.render import setup_sdk, to_json
 from dashboards.templating import TimeRange, interpolate, resolve
 from devices.store import DeviceStore
+from devtools.harness import ManagedService
 from lifeline.db import create_db_engine
-from lifeline.harness import ManagedService
 from lifeline.influxquery import count_values
 from lifeline.service import Service
 from lifeline.settings import Settings
@@ -236,8 +236,9 @@ def test_device_info_carries_every_registered_device(city: City) -> None:
         series = client.query('SELECT last("lat") AS "lat", last("lon") AS "lon" FROM '
                               '"lifeline_device_info" GROUP BY "device", "type"')
         types = {s.tag("type") for s in series}
-    assert types == set(DEVICE_TYPES)
-    assert len(series) == 78
+    fleet = parse_scenario(SCENARIO, source="test").fleet.devices
+    assert types == set(fleet) and types <= set(DEVICE_TYPES)  # every registered type
+    assert len(series) == sum(fleet.values()) == 78
     assert all(s.values[0][1] is not None and s.values[0][2] is not None for s in series)
 
 

@@ -14,7 +14,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from devices.mqttacl import AclError, hash_password, verify_password, write_mqtt_auth
-from lifeline.harness import ManagedService, start_mosquitto
+from devtools.harness import ManagedService, start_mosquitto
 
 pytestmark = pytest.mark.integration
 

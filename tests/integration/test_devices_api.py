@@ -12,10 +12,10 @@ from fastapi.testclient import TestClient
 from devices.events import DeviceEvent, EventType
 from devices.status import DeviceState, LinkStatus
 from devices.store import CachedRegistry, DeviceStore
+from devtools.harness import ManagedService
 from lifeline.app import create_app
 from lifeline.auth import new_token, token_digest
 from lifeline.db import open_database
-from lifeline.harness import ManagedService
 from lifeline.settings import load_settings
 
 pytestmark = pytest.mark.integration
@@ -30,10 +30,9 @@ def api(tmp_path: Path, db_url: str, influxdb: ManagedService
                              api={"tokens": [{"name": r, "role": r, "sha256": token_digest(t)}
                                              for r, t in tokens.items()]})
     engine = open_database(db_url)
-    app = create_app(settings, engine)
     store = DeviceStore(engine)
     cache = CachedRegistry(store)
-    app.state.device_cache = cache
+    app = create_app(settings, engine, device_cache=cache)
     headers = {r: {"Authorization": f"Bearer {t}"} for r, t in tokens.items()}
     return TestClient(app), headers, store, cache
 

@@ -22,7 +22,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from devices.model import Device
 from devices.registry import write_inventory
 from devices.status import Change, LinkStatus
-from lifeline.harness import ManagedService, start_mosquitto
+from devtools.harness import ManagedService, start_mosquitto
 from lifeline.influxquery import influxql
 from lifeline.service import Service
 from lifeline.settings import load_settings

@@ -11,7 +11,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from lifeline.harness import ManagedService
+from devtools.harness import ManagedService
 from simulators.runner import RunnerOptions, run_fleet
 from simulators.scenario import parse_scenario
 from simulators.stream import CityRun

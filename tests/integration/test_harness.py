@@ -1,4 +1,4 @@
-"""Tests of lifeline.harness against the real Mosquitto, InfluxDB and VictoriaMetrics binaries."""
+"""Tests of devtools.harness against the real Mosquitto, InfluxDB and VictoriaMetrics binaries."""
 
 from __future__ import annotations
 
@@ -22,20 +22,20 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from lifeline.harness import (
+from devtools.harness import (
     STATE_FILE_NAME,
     Harness,
     HarnessError,
     ManagedService,
     MissingBinaryError,
     ServiceStartError,
-    _proc_state,
     find_binary,
     free_port,
     start_influxdb,
     start_mosquitto,
     start_victoria_metrics,
 )
+from devtools.procs import _proc_state
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SYSTEM_BROKER_PORT = 1883
@@ -336,7 +336,7 @@ def test_harness_detached_services_outlive_python_and_go_down(tmp_path: Path) ->
     script = (
         "import json, sys\n"
         "from pathlib import Path\n"
-        "from lifeline.harness import Harness\n"
+        "from devtools.harness import Harness\n"
         "infos = Harness(Path(sys.argv[1])).up(detach=True)\n"
         "print(json.dumps({name: info.pid for name, info in infos.items()}))\n"
     )

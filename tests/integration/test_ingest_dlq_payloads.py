@@ -14,9 +14,9 @@ import sqlalchemy as sa
 from paho.mqtt.enums import CallbackAPIVersion
 
 from devices.model import Device
+from devtools.harness import ManagedService
 from ingest.deadletter import MIGRATIONS, DeadLetter, DeadLetterStore, Reason, dead_letters
 from lifeline.db import create_db_engine, migrate, open_database
-from lifeline.harness import ManagedService
 from lifeline.influxquery import count_values
 from tests.integration.test_ingest_service import Running, make_settings
 from tests.support import wait_for

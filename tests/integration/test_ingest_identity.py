@@ -27,11 +27,11 @@ from devices.model import Device
 from devices.registry import MemoryRegistry
 from devices.series import SeriesTable
 from devices.topics import TopicScheme
+from devtools.harness import ManagedService
 from ingest.batch import RawMessage
 from ingest.decode import Decoder
 from ingest.influx import InfluxV1Transport
 from ingest.lineproto import batch_lines
-from lifeline.harness import ManagedService
 from lifeline.influxquery import influxql
 
 pytestmark = pytest.mark.integration

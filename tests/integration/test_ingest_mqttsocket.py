@@ -23,10 +23,10 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from devtools.harness import ManagedService
 from ingest.batch import RawBuffer
 from ingest.mqttsocket import BufferedClient, BufferedSocket, FastClient
 from ingest.subscriber import MqttOptions, MqttSubscriber
-from lifeline.harness import ManagedService
 from tests.support import remaining_length, wait_for
 
 pytestmark = pytest.mark.integration

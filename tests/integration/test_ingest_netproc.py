@@ -11,12 +11,12 @@ import uuid
 
 import pytest
 
+from devtools.harness import ManagedService, free_port
 from ingest.batch import RawBuffer, RawMessage
 from ingest.errors import BrokerRejectedError, BrokerUnavailableError
 from ingest.mqttsocket import READ_SIZE
 from ingest.netproc import SESSION_RANGE, ProcessSubscriber
 from ingest.subscriber import MqttOptions, MqttSubscriber
-from lifeline.harness import ManagedService, free_port
 from tests.support import publish_numbered, wait_for
 
 pytestmark = pytest.mark.integration

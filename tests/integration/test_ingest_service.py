@@ -20,12 +20,12 @@ from pydantic import SecretStr
 
 from devices.model import Device
 from devices.registry import write_inventory
+from devtools.harness import ManagedService, start_influxdb
 from ingest.deadletter import DeadLetterStore
 from ingest.mqttsocket import READ_SIZE
 from ingest.netproc import SESSION_RANGE, ProcessSubscriber
 from lifeline.app import create_app
 from lifeline.auth import token_digest
-from lifeline.harness import ManagedService, start_influxdb
 from lifeline.influxquery import count_values, influxql
 from lifeline.service import Service
 from lifeline.settings import (

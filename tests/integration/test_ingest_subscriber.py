@@ -7,10 +7,10 @@ import uuid
 
 import pytest
 
+from devtools.harness import ManagedService
 from ingest.batch import RawBuffer
 from ingest.mqttsocket import READ_SIZE
 from ingest.subscriber import MqttOptions, MqttSubscriber
-from lifeline.harness import ManagedService
 from tests.support import publish_numbered
 
 pytestmark = pytest.mark.integration

@@ -26,10 +26,10 @@ from pydantic import SecretStr
 
 from devices.model import Device
 from devices.registry import write_inventory
+from devtools.harness import ManagedService, TlsFiles, make_test_pki, start_mosquitto
 from ingest.batch import RawBuffer
 from ingest.mqttsocket import BufferedSocket
 from ingest.subscriber import MqttOptions, MqttSubscriber
-from lifeline.harness import ManagedService, TlsFiles, make_test_pki, start_mosquitto
 from lifeline.influxquery import count_values
 from lifeline.service import Service
 from lifeline.settings import (

@@ -31,9 +31,9 @@ from pydantic import SecretStr
 
 from devices.model import Device
 from devices.registry import write_inventory
+from devtools.harness import ManagedService
 from ingest.deadletter import DeadLetterStore
 from ingest.influx import InfluxV2Transport, InfluxWriter
-from lifeline.harness import ManagedService
 from lifeline.service import Service
 from lifeline.settings import (
     ApiSettings,

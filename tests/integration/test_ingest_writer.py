@@ -13,9 +13,9 @@ import httpx
 import orjson
 import pytest
 
+from devtools.harness import ManagedService, start_influxdb
 from ingest.influx import InfluxV1Transport, InfluxV2Transport, InfluxWriter
 from ingest.spool import Spool
-from lifeline.harness import ManagedService, start_influxdb
 from lifeline.influxquery import count_values, influxql
 from tests.support import wait_for
 
@@ -173,8 +173,8 @@ def test_v2_write_api_against_victoria_metrics(victoria: ManagedService) -> None
 
 
 def test_v2_transport_reports_an_unreachable_server() -> None:
+    from devtools.harness import free_port
     from ingest.errors import WriteError
-    from lifeline.harness import free_port
 
     transport = InfluxV2Transport(f"http://127.0.0.1:{free_port()}", org="o", bucket="b",
                                   token="t", timeout=1)

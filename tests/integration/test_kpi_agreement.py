@@ -1,5 +1,5 @@
 """The case KPIs of scripted case histories, worked out by hand, and the same figures from
-every place that shows them: ``alerts.kpi``, ``/api/v1/kpi``, the ``lifeline_kpi`` points
+every place that shows them: ``alerts.cases.kpi``, ``/api/v1/kpi``, the ``lifeline_kpi`` points
 the overview dashboard's KPI panels query (their own queries, expanded as Grafana does, on
 a real InfluxDB) and the shift report's KPI figures (:func:`dashboards.report.collect`);
 and the open-case and active-alert counts of the dashboards against the database after a
@@ -18,12 +18,13 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from alerts.kpi import KpiScope, compute, kpi_window, period_lines
-from alerts.model import OPEN_CASE_STATES, AlertConfig, CaseConfig, Route, StageDeadlines
-from alerts.ops import AlertFilter, list_alerts
-from alerts.pipeline import AlertPipeline
-from alerts.schema import case_history
-from alerts.workflow import Action
+from alerts.cases.kpi import KpiScope, compute, kpi_window, period_lines
+from alerts.cases.model import OPEN_CASE_STATES, CaseConfig, Route, StageDeadlines
+from alerts.cases.store import case_history
+from alerts.cases.workflow import Action
+from alerts.lifecycle.model import AlertConfig
+from alerts.lifecycle.ops import AlertFilter, list_alerts
+from alerts.lifecycle.pipeline import AlertPipeline
 from dashboards.definitions import KPIS, all_boards
 from dashboards.lines import device_info_lines
 from dashboards.model import GrafanaTarget
@@ -33,10 +34,10 @@ from dashboards.report import collect, influx_snapshot
 from dashboards.templating import TimeRange, interpolate, resolve
 from devices.model import Device
 from devices.registry import MemoryRegistry
+from devtools.harness import ManagedService
 from lifeline.app import create_app
 from lifeline.auth import new_token, token_digest
 from lifeline.db import open_database
-from lifeline.harness import ManagedService
 from lifeline.report_state import database_kpis
 from lifeline.settings import load_settings
 from rules.model import Finding, FindingState, Severity
@@ -267,7 +268,7 @@ def test_kpis_of_scripted_histories_agree_everywhere(
     periods = {1: (D * S, (D + DAY) * S), 2: ((D + DAY) * S, (D + 2 * DAY) * S)}
     expected = {1: P1_ALL, 2: P2_ALL}
 
-    # 1. alerts.kpi
+    # 1. alerts.cases.kpi
     for n, (start, end) in periods.items():
         (k,) = compute(p.engine, start, end)
         assert tuple(getattr(k, f) for f in FIELDS) == tuple(map(_approx, expected[n])), n
@@ -422,6 +423,9 @@ def test_open_cases_on_the_dashboards_match_the_api_after_a_full_loop(
     with InfluxQLClient(influx.url, influx.db) as iq:
         assert _open_on_dashboard(iq, tr) == api_open
         snap = influx_snapshot(iq, end_ms=tr.to_ms)  # the report's open cases
+        # a view of the last 10 minutes, long after the open cases last changed
+        late = TimeRange(tr.to_ms + 2 * 86_400_000 - 600_000, tr.to_ms + 2 * 86_400_000)
+        assert _open_on_dashboard(iq, late) == api_open
     assert {c.case_id: c.state for c in snap.open_cases} == api_open
 
 
@@ -490,6 +494,7 @@ def test_a_severity_change_leaves_no_firing_row_under_the_old_severity(
     influx = Influx(influxdb.info.url)
     t0 = (time.time_ns() // S - 3600) * S
     devices = [Device("esc", "gas_alarm", grid="G1", district="D1")]
+    influx.write(device_info_lines(devices, t0))
     p = AlertPipeline(open_database(db_url), MemoryRegistry(devices), AlertConfig(),
                       CaseConfig(), clock=lambda: t0, write_lines=influx.write)
     query = ('SELECT last("firing") AS "firing" FROM "lifeline_alert" '
@@ -505,6 +510,18 @@ def test_a_severity_change_leaves_no_firing_row_under_the_old_severity(
     p.process([Finding("event:alarm", "esc", "lel", FindingState.FIRING, Severity.CRITICAL,
                        t0 + S, 55.0)])
     assert firing() == {"critical"}
+    # the overview's "Active alerts" panel, its own query, in a view of the last 10
+    # minutes a day later: the alert still fires, as critical only
+    setup_sdk()
+    board = next(b for b in all_boards(GrafanaTarget()) if b.uid == "lifeline-overview")
+    (panel,) = [q for q in board.queries if q.panel == "Active alerts"]
+    end_ms = t0 // 1_000_000 + 86_400_000
+    late = TimeRange(end_ms - 600_000, end_ms)
+    with InfluxQLClient(influx.url, influx.db) as iq:
+        shown = [r for s in iq.query(interpolate(panel.query, resolve(to_json(board), iq, late),
+                                                 late)) for r in s.records()]
+    assert {(r["device"], r["severity"]) for r in shown if r["firing"] == 1} == {
+        ("esc", "critical")}
     p.process([Finding("event:alarm", "esc", "lel", FindingState.RESOLVED, Severity.CRITICAL,
                        t0 + 2 * S, 3.0)])
     assert firing() == set()

@@ -22,21 +22,23 @@ from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from alerts.model import AlertConfig
-from alerts.outbox import DeliveryConfig, OutboxWorker
-from alerts.pipeline import AlertPipeline
-from alerts.schema import alerts, cases, outbox
-from alerts.webhook import HttpNotifier
+from alerts.cases.store import cases
+from alerts.delivery.outbox import DeliveryConfig, OutboxWorker
+from alerts.delivery.store import outbox
+from alerts.delivery.webhook import HttpNotifier
+from alerts.lifecycle.model import AlertConfig
+from alerts.lifecycle.pipeline import AlertPipeline
+from alerts.lifecycle.store import alerts
 from devices.model import Device
 from devices.registry import MemoryRegistry, write_inventory
 from devices.status import DeviceState, LinkStatus
 from devices.store import DeviceStore
+from devtools.harness import ManagedService
 from ingest.deadletter import DeadLetter, DeadLetterStore, Reason
 from lifeline.alerting import case_config
 from lifeline.app import create_app
 from lifeline.auth import new_token, token_digest
 from lifeline.db import open_database
-from lifeline.harness import ManagedService
 from lifeline.metrics import RuntimeCollector, rule_evaluation_histogram
 from lifeline.service import Service
 from lifeline.settings import (
@@ -155,10 +157,10 @@ def test_metrics_show_alerts_cases_outbox_dead_letters_and_devices_as_stored(
         DeadLetter("lifeline/y/telemetry", b"{", Reason.NOT_JSON, "bad", now),
         DeadLetter("lifeline/who/telemetry", b"{}", Reason.UNKNOWN_DEVICE, "who", now)])
 
-    app = create_app(settings, engine)
     hist = rule_evaluation_histogram()
     hist.labels("batch").observe(0.002)
-    app.state.metrics_registry.register(RuntimeCollector(hist, worker))  # as the service does
+    app = create_app(settings, engine,
+                     collectors=[RuntimeCollector(hist, worker)])  # as the service does
     client = TestClient(app)
     assert client.get("/metrics").status_code == 401
     resp = client.get("/metrics", headers={"Authorization": f"Bearer {token}"})

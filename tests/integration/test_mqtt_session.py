@@ -29,10 +29,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from devices.model import Device
 from devices.mqttacl import AclFiles, write_mqtt_auth
 from devices.registry import write_inventory
+from devtools.harness import ManagedService, free_port, start_mosquitto
 from ingest.batch import RawBuffer
 from ingest.subscriber import MqttOptions, MqttSubscriber
 from lifeline.cli import main
-from lifeline.harness import ManagedService, free_port, start_mosquitto
 from lifeline.mqtt_session import SESSION_RULE
 from lifeline.service import Service
 from lifeline.settings import load_settings

@@ -9,13 +9,15 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from alerts.model import AlertState, CaseState
-from alerts.ops import AlertFilter, CaseFilter, case_with_history, list_alerts, list_cases
-from alerts.schema import cases
+from alerts.cases.model import CaseState
+from alerts.cases.ops import CaseFilter, case_with_history, list_cases
+from alerts.cases.store import cases
+from alerts.lifecycle.model import AlertState
+from alerts.lifecycle.ops import AlertFilter, list_alerts
 from devices.status import LinkStatus
 from devices.store import DeviceFilter, DeviceStore
+from devtools.harness import ManagedService
 from lifeline.db import create_db_engine
-from lifeline.harness import ManagedService
 from lifeline.report_state import database_snapshot
 from rules.device_events import OFFLINE_RULE
 from tests.e2e.report_shift import MIN, STORM_DEVICES, STORM_STAY_OFFLINE, script_shift

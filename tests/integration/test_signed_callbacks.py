@@ -18,8 +18,8 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from alerts.model import AlertConfig
-from alerts.pipeline import AlertPipeline
+from alerts.lifecycle.model import AlertConfig
+from alerts.lifecycle.pipeline import AlertPipeline
 from devices.model import Device
 from devices.registry import MemoryRegistry
 from lifeline.alerting import case_config

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
+from alerts.delivery.signing import verify
+from alerts.delivery.webhook import HttpNotifier, WebhookEvent
 from alerts.errors import DeliveryError
-from alerts.signing import verify
-from alerts.webhook import HttpNotifier, WebhookEvent
-from lifeline.harness import free_port
-from lifeline.receiver import WebhookReceiver
+from devtools.harness import free_port
+from devtools.receiver import WebhookReceiver
 
 pytestmark = pytest.mark.integration
 SECRET = "0123456789abcdef-secret"

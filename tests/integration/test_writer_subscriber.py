@@ -12,12 +12,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from devices.model import Device
 from devices.series import SeriesTable
+from devtools.harness import ManagedService, free_port
 from ingest.batch import Batch, RawBuffer
 from ingest.errors import BrokerUnavailableError, WriteError
 from ingest.influx import InfluxV1Transport, InfluxWriter
 from ingest.lineproto import batch_lines
 from ingest.subscriber import MqttOptions, MqttSubscriber
-from lifeline.harness import ManagedService, free_port
 from lifeline.influxquery import count_values, influxql
 
 pytestmark = pytest.mark.integration

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from alerts.cases import group_key
-from alerts.model import Alert, AlertState
+from alerts.cases.book import group_key
+from alerts.lifecycle.model import Alert, AlertState
 from rules.model import Severity
 
 BASE = Alert(id=1, fingerprint="p-1/r", device_id="p-1", rule_id="r", metric="pressure",

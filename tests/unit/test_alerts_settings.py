@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from alerts.model import Route
-from alerts.outbox import DeliveryConfig, OutboxWorker, backoff_s, give_up_after_s
-from alerts.webhook import HttpNotifier
+from alerts.cases.model import Route
+from alerts.delivery.outbox import DeliveryConfig, OutboxWorker, backoff_s, give_up_after_s
+from alerts.delivery.webhook import HttpNotifier
 from lifeline.alerting import alert_config, case_config, delivery_config
 from lifeline.errors import ConfigError
 from lifeline.settings import load_settings
@@ -100,7 +100,7 @@ def test_a_max_attempts_that_gives_up_before_max_age_is_warned_about(
         caplog: pytest.LogCaptureFixture) -> None:
     engine = sa.create_engine("sqlite://")
     notifier = HttpNotifier("http://127.0.0.1:9/hook", "s" * 20)
-    with caplog.at_level(logging.WARNING, logger="alerts.outbox"):
+    with caplog.at_level(logging.WARNING, logger="alerts.delivery.outbox"):
         OutboxWorker(engine, notifier, config=DeliveryConfig())
         OutboxWorker(engine, notifier, config=DeliveryConfig(max_attempts=1000))
         OutboxWorker(engine, notifier, config=DeliveryConfig(max_attempts=10))

@@ -6,9 +6,9 @@ import itertools
 
 import pytest
 
+from alerts.cases.model import CaseState
+from alerts.cases.workflow import CALLBACK_ACTIONS, TRANSITIONS, Action, allowed_actions, next_state
 from alerts.errors import IllegalTransitionError
-from alerts.model import CaseState
-from alerts.workflow import CALLBACK_ACTIONS, TRANSITIONS, Action, allowed_actions, next_state
 
 S = CaseState
 LEGAL = {

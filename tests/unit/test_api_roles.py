@@ -126,6 +126,8 @@ WRITE_ROLES: dict[tuple[str, str], str] = {
     ("POST", "/api/v1/cases/{case_id}/register"): "operator",
     ("POST", "/api/v1/cases/{case_id}/cancel"): "operator",
     ("POST", "/api/v1/cases/{case_id}/actions"): "operator",
+    # acknowledge from a notification: the signed link token, or an operator bearer token
+    ("POST", "/api/v1/notify/ack"): "operator",
     # what the service is and what it accepts: registry, rules, data and delivery replays
     ("POST", "/api/v1/devices"): "admin",
     ("POST", "/api/v1/devices/import"): "admin",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from alerts.signing import callback_message, sign, sign_callback, verify, verify_callback
+from alerts.delivery.signing import callback_message, sign, sign_callback, verify, verify_callback
 from simulators.dispatch import sign_callback as simulator_sign
 
 SECRET = "0123456789abcdef0123"

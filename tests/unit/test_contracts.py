@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alerts.signing import sign, verify
-from alerts.webhook import WebhookEvent, is_retryable_status
+from alerts.delivery.signing import sign, verify
+from alerts.delivery.webhook import WebhookEvent, is_retryable_status
 from devices.catalogue import Catalogue
 from devices.errors import CatalogueError, InventoryError
 from devices.model import Device

@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from lifeline.depaudit import judge, judge_run, main
+from devtools.depaudit import judge, judge_run, main
 
 DATA = Path(__file__).parent / "data" / "pip_audit"
 

@@ -10,7 +10,7 @@ from devices.catalogue import Catalogue, check_limits, parse_duration_s
 from devices.errors import CatalogueError
 
 EXPECTED_TYPES = {"gas_alarm", "gas_pipeline", "water_pressure", "water_flow", "water_quality",
-                  "drain_level", "manhole_cover", "heat_pipe"}
+                  "drain_level", "manhole_cover", "heat_pipe", "pump_station"}
 
 
 def test_builtin_catalogue_has_every_type_with_limits_health_and_events() -> None:

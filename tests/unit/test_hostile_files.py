@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from devices import safetoml
+from common import safetoml
 from devices.catalogue import Catalogue
 from devices.errors import CatalogueError, InventoryError
 from devices.inventory import (

@@ -33,8 +33,8 @@ SEC = 1_000_000_000
 
 
 def test_every_kind_lives_in_its_own_module() -> None:
-    assert set(KINDS) == {"threshold", "rate", "zscore", "flatline", "stale", "mnf",
-                          "composite"}
+    assert set(KINDS) == {"threshold", "rate", "zscore", "seasonal", "changepoint", "flatline",
+                          "stale", "mnf", "multivariate", "composite"}
     for name, kind in KINDS.items():
         assert kind.name == name
         assert type(kind).__module__ == f"rules.kinds.{name}"

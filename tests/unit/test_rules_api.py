@@ -32,15 +32,15 @@ def setup(tmp_path: Path) -> tuple[TestClient, RuleEngine, Path, dict[str, str]]
     tokens = {role: new_token() for role in ("viewer", "operator", "admin")}
     settings = load_settings(None, run_dir=tmp_path, api={"tokens": [
         {"name": f"{r}-user", "role": r, "sha256": token_digest(t)} for r, t in tokens.items()]})
-    app = create_app(settings, open_database(f"sqlite:///{tmp_path / 'db.sqlite'}"))
     rules_dir = tmp_path / "rules"
     rules_dir.mkdir()
     (rules_dir / "a.toml").write_text(RULE)
     table = SeriesTable()
     table.id_for(Device("g1", "gas_alarm"), "lel")
     engine = RuleEngine(load_rules([rules_dir]), table)
-    app.state.rule_engine = engine
-    app.state.rules_reload = lambda: engine.reload(load_rules([rules_dir]))
+    app = create_app(settings, open_database(f"sqlite:///{tmp_path / 'db.sqlite'}"),
+                     rule_engine=engine,
+                     rules_reload=lambda: engine.reload(load_rules([rules_dir])))
     headers = {r: f"Bearer {t}" for r, t in tokens.items()}
     return TestClient(app), engine, rules_dir, headers
 

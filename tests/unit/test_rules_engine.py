@@ -339,7 +339,8 @@ def test_builtin_rules_cover_every_device_type_with_catalogue_metrics() -> None:
         covered.update(matched)
     assert covered == set(catalogue.types)
     kinds = {r.kind for r in rules}
-    assert kinds == {"threshold", "rate", "zscore", "flatline", "stale", "mnf", "composite"}
+    assert kinds == {"threshold", "rate", "zscore", "flatline", "stale", "mnf", "composite",
+                     "multivariate"}
 
 
 def test_nan_values_do_not_crash_or_fire() -> None:

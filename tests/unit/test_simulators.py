@@ -235,7 +235,8 @@ def test_broker_outage_withholds_everything_and_loggers_forward_their_readings()
 def test_every_shipped_scenario_loads_and_places_its_incidents() -> None:
     names = sorted(p.stem for p in builtin_scenarios_dir().glob("*.toml"))
     assert names == ["broker-outage", "gas-leak-residential", "main-burst-morning-peak",
-                     "quiet-day", "sensor-faults", "slow-leak-week", "storm-drains"]
+                     "pump-station-faults", "quiet-day", "sensor-faults", "slow-leak-week",
+                     "storm-drains", "water-network-leaks"]
     for name in names:
         run = CityRun(parse_scenario(builtin_scenario(name).read_text(), source=name))
         assert all(t.devices or t.kind == "broker_outage" for t in run.truth)

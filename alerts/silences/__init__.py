@@ -1,0 +1,1 @@
+"""Silences and maintenance windows: model, matching, store and operations."""

@@ -132,6 +132,7 @@ class MqttSubscriber:
             self.client.hold = full
         self.subscribed = threading.Event()  # set once the broker granted the subscriptions
         self._connack = threading.Event()  # set on the first CONNACK (accepted or refused)
+        self._gone = threading.Event()  # set by on_disconnect: DISCONNECT written or link lost
         self._refused: Any = None  # reason code of a refusal that retrying cannot cure
 
     def start(self) -> None:
@@ -241,7 +242,12 @@ class MqttSubscriber:
         if self.deferred or self.dropped_at_shutdown:
             log.info("shutdown: %d QoS 1/2 messages left to the next session, %d QoS 0 "
                      "messages not taken", self.deferred, self.dropped_at_shutdown)
-        self.client.disconnect()
+        self._gone.clear()
+        if self.client.disconnect() == mqtt.MQTT_ERR_SUCCESS and self.connected:
+            # paho writes what is queued (the last PUBACKs) before the DISCONNECT and calls
+            # on_disconnect once that is written; stopping its thread sooner would drop
+            # them and the broker would redeliver those messages
+            self._gone.wait(2.0)
         self.client.loop_stop()
 
     def _on_connect(
@@ -298,6 +304,7 @@ class MqttSubscriber:
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
     ) -> None:
         self.connected = False
+        self._gone.set()
         self.session = 0  # acks of that connection are void: the broker redelivers
         self.subscribed.clear()
         self._disconnected_at = time.monotonic()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import time
 import tracemalloc
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -149,29 +150,9 @@ def _compare_devices(rules: list[Rule], args: argparse.Namespace) -> tuple[float
     for cols in ref_data[:warmup]:
         ref.evaluate(_rows(cols))
     prepared = [_rows(cols) for cols in ref_data[warmup:]]
-    third = max(1, len(prepared) // 3)
-    best_engine = best_ref = 0.0
-    findings = 0
-    for part in range(3):
-        engine = RuleEngine(rules, make_device_table(max(per, args.series // MV_METRICS)),
-                            timezone="UTC")
-        for cols in warm:
-            engine.evaluate(cols)
-        findings = 0
-        t0 = time.process_time()
-        for cols in timed:
-            findings += len(engine.evaluate(cols))
-        elapsed = time.process_time() - t0
-        best_engine = max(best_engine, sum(c.series.shape[0] for c in timed) / elapsed)
-        done = 0
-        t0 = time.process_time()
-        for r in prepared[part * third:(part + 1) * third]:
-            ref.evaluate(r)
-            done += len(r)
-            if done >= limit // 3:
-                break
-        best_ref = max(best_ref, done / (time.process_time() - t0))
-    return best_engine, best_ref, findings
+    return _alternate(lambda: RuleEngine(
+        rules, make_device_table(max(per, args.series // MV_METRICS)), timezone="UTC"),
+        warm, timed, ref, prepared, limit)
 
 
 def _backfill_device(rules: list[Rule], readings: int, ref_readings: int) -> dict[str, Any]:
@@ -259,19 +240,29 @@ def _compare(rules: list[Rule], n: int, warm: list[_Cols], data: list[_Cols],
     for cols in ref_warm:
         ref.evaluate(rows(cols))
     prepared = [rows(cols) for cols in ref_data]
+    return _alternate(lambda: RuleEngine(rules, make_table(n), timezone="UTC"),
+                      warm, data, ref, prepared, limit)
+
+
+def _alternate(new_engine: Callable[[], RuleEngine], warm: list[_Cols], timed: list[_Cols],
+               ref: ReferenceEngine, prepared: list[list[tuple[int, int, float]]], limit: int
+               ) -> tuple[float, float, int]:
+    """Best of 3 engine passes (each on a fresh engine warmed with ``warm``) and best of 3
+    consecutive reference slices of ``prepared`` (``limit`` readings in all), alternating
+    so that both see the same load; returns (engine, reference) readings/s and findings."""
     third = max(1, len(prepared) // 3)
     best_engine = best_ref = 0.0
     findings = 0
     for part in range(3):
-        engine = RuleEngine(rules, make_table(n), timezone="UTC")
+        engine = new_engine()
         for cols in warm:
             engine.evaluate(cols)
         findings = 0
         t0 = time.process_time()
-        for cols in data:
+        for cols in timed:
             findings += len(engine.evaluate(cols))
         elapsed = time.process_time() - t0
-        best_engine = max(best_engine, sum(c.series.shape[0] for c in data) / elapsed)
+        best_engine = max(best_engine, sum(c.series.shape[0] for c in timed) / elapsed)
         done = 0
         t0 = time.process_time()
         for r in prepared[part * third:(part + 1) * third]:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import re
-import zoneinfo
 from pathlib import Path
 from typing import Literal
 
@@ -12,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 from common.duration import NO_DURATION, Duration, OptionalDuration
 from common.severity import SEVERITY_NAMES, Severity
+from common.timezone import check_timezone
 
 ChannelType = Literal["wecom", "dingtalk", "feishu", "email", "sms"]
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,47}$")
@@ -146,11 +146,7 @@ class NotifySettings(_Section):
     @field_validator("timezone")
     @classmethod
     def _tz(cls, v: str) -> str:
-        try:
-            zoneinfo.ZoneInfo(v)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown time zone {v!r}") from exc
-        return v
+        return check_timezone(v)
 
     @field_validator("link_ttl", "max_age")
     @classmethod

@@ -9,7 +9,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import tomllib
-import zoneinfo
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -34,6 +33,7 @@ from pydantic_settings import (
 from common import safetoml
 from common.duration import NO_DURATION, Duration, OptionalDuration
 from common.severity import SEVERITY_NAMES, Severity
+from common.timezone import check_timezone
 from lifeline.clock import parse_instant_ns
 from lifeline.errors import ConfigError
 from lifeline.notify_settings import NotifySettings
@@ -191,12 +191,7 @@ class RulesSettings(_Section):
     @field_validator("timezone")
     @classmethod
     def _timezone(cls, v: str) -> str:
-        try:
-            zoneinfo.ZoneInfo(v)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown time zone {v!r} (use an IANA name, e.g. "
-                             "'Asia/Shanghai')") from exc
-        return v
+        return check_timezone(v)
 
     @field_validator("state_file")
     @classmethod
@@ -407,11 +402,7 @@ class GrafanaSettings(_Section):
     @field_validator("timezone")
     @classmethod
     def _tz(cls, v: str) -> str:
-        try:
-            zoneinfo.ZoneInfo(v)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown time zone {v!r}") from exc
-        return v
+        return check_timezone(v)
 
 
 class ClockSettings(_Section):

@@ -108,6 +108,9 @@ class Plan:
     start_at: float  # epoch seconds
     excursions: dict[str, tuple[float, float]]  # device -> (from, to) lel above the limit
     quiet: dict[str, float]  # device -> stops sending at this offset
+    # device -> offset at which its lel, rising 1 %LEL/s from 2, crosses the limit (50);
+    # it stays above (capped at 80) from then on: one alert that must fire exactly once
+    drift: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -173,6 +176,7 @@ def _publisher(plan: Plan, out: Any, progress: Any, stop: Any) -> None:
                 continue
             end_ms = int(time.time() * 1000)
             exc = plan.excursions.get(dev)
+            cross = plan.drift.get(dev)
             readings = []
             for j in range(per_msg):
                 ts = end_ms - int((per_msg - 1 - j) * step_s * 1000)
@@ -180,6 +184,8 @@ def _publisher(plan: Plan, out: Any, progress: Any, stop: Any) -> None:
                 seq[d] += 1
                 if exc is not None:
                     lel = 62.0 if exc[0] <= t_off < exc[1] else 4.0
+                elif cross is not None:
+                    lel = drift_lel(t_off, cross)
                 else:
                     lel = round(2.0 + (seq[d] % 50) / 10, 1)
                 readings.append({"ts": ts, "seq": seq[d], "values": {"lel": lel}})
@@ -203,6 +209,12 @@ def _publisher(plan: Plan, out: Any, progress: Any, stop: Any) -> None:
     client.disconnect()
     client.loop_stop()
     out.put(res)
+
+
+def drift_lel(t_off: float, cross: float) -> float:
+    """The drifting device's lel at ``t_off`` s: rising 1 %LEL/s through the limit (50) at
+    ``cross``, between 2 and 80."""
+    return round(max(2.0, min(80.0, 50.0 + (t_off - cross))), 3)
 
 
 def _publish(client: Any, topic: str, body: bytes) -> Any:
@@ -313,10 +325,15 @@ class Receiver:
 
 class TcpProxy:
     """A loopback TCP proxy to ``target``; :meth:`cut` closes every connection and refuses
-    new ones for a while (the real server behind it is untouched)."""
+    new ones for a while (the real server behind it is untouched).
 
-    def __init__(self, target: tuple[str, int]) -> None:
+    With ``more`` targets it is a small layer-4 balancer: each new connection goes to the
+    next target in turn that accepts it (a refusing one is skipped)."""
+
+    def __init__(self, target: tuple[str, int], *more: tuple[str, int]) -> None:
         self.target = target
+        self.targets = [target, *more]
+        self._next = 0
         self.blocked = threading.Event()
         self.refused = 0
         self._lock = threading.Lock()
@@ -336,9 +353,8 @@ class TcpProxy:
                 self.refused += 1
                 client.close()
                 continue
-            try:
-                upstream = socket.create_connection(self.target, timeout=5)
-            except OSError:
+            upstream = self._connect()
+            if upstream is None:
                 client.close()
                 continue
             upstream.settimeout(None)
@@ -346,6 +362,17 @@ class TcpProxy:
                 self._socks.update((client, upstream))
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _connect(self) -> socket.socket | None:
+        """A connection to the next target that accepts one (None: none does)."""
+        n = len(self.targets)
+        first, self._next = self._next, (self._next + 1) % n
+        for i in range(n):
+            try:
+                return socket.create_connection(self.targets[(first + i) % n], timeout=5)
+            except OSError:
+                continue
+        return None
 
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
@@ -367,13 +394,21 @@ class TcpProxy:
 
     def cut(self, seconds: float) -> None:
         """Close every open connection and refuse new ones for ``seconds``."""
+        self.block()
+        time.sleep(seconds)
+        self.unblock()
+
+    def block(self) -> None:
+        """Close every open connection and refuse new ones until :meth:`unblock`."""
         self.blocked.set()
         with self._lock:
             socks = list(self._socks)
         for s in socks:
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
-        time.sleep(seconds)
+
+    def unblock(self) -> None:
+        """Accept connections again."""
         self.blocked.clear()
 
     def close(self) -> None:
@@ -420,8 +455,10 @@ class ServeProcess:
     metrics_last: dict[str, float] = field(default_factory=dict)
     metrics_done: dict[str, float] = field(default_factory=dict)  # summed over killed runs
 
-    def start(self, extra: dict[str, str] | None = None) -> float:
-        """Start and wait for "serving:"; returns the seconds it took."""
+    def start(self, extra: dict[str, str] | None = None,
+              until: Callable[[], bool] | None = None) -> float:
+        """Start and wait for "serving:" in its log (or for ``until()`` to hold); returns
+        the seconds it took."""
         self.starts += 1
         self.ready = False
         env = {**self.env, **(extra or {})}
@@ -430,7 +467,13 @@ class ServeProcess:
         self.proc = subprocess.Popen([sys.executable, "-m", "lifeline", "serve"], env=env,
                                      stdout=logfile.open("wb"), stderr=subprocess.STDOUT,
                                      start_new_session=True)
-        while b"serving:" not in logfile.read_bytes():
+
+        def started() -> bool:
+            if until is not None:
+                return until()
+            return b"serving:" in logfile.read_bytes()
+
+        while not started():
             if self.proc.poll() is not None:
                 raise RuntimeError(f"lifeline serve exited: {logfile.read_text()[-3000:]}")
             if time.monotonic() - began > 120:
@@ -805,12 +848,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             shutil.rmtree(root, ignore_errors=True)
 
 
-def _database(kind: str, root: Path) -> tuple[str, str]:
+def _database(kind: str, root: Path, prefix: str = "lifeline_soak") -> tuple[str, str]:
     """(url for the service, url for the checks); PostgreSQL gets a fresh database."""
     if kind == "sqlite":
         url = f"sqlite:///{root / 'lifeline.db'}"
         return url, url
-    name = f"lifeline_soak_{uuid.uuid4().hex[:10]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
@@ -851,13 +894,13 @@ def _wait(check: Callable[[], bool], limit_s: float) -> bool:
         time.sleep(1.0)
 
 
-def _wait_stored(url: str, published: int) -> bool:
+def _wait_stored(url: str, published: int, database: str = "soak") -> bool:
     """Wait until InfluxDB holds ``published`` readings, as long as the count still grows
     (a service that fell behind catches up from the broker's queue)."""
     last, still_since = -1, time.monotonic()
     while time.monotonic() - still_since < 60:
         try:
-            stored = count_values(url, "soak", ["gas_alarm"])
+            stored = count_values(url, database, ["gas_alarm"])
         except (httpx.HTTPError, ValueError) as exc:
             log.debug("counting: %s", exc)
             stored = last
@@ -987,11 +1030,12 @@ def _verify(influx_url: str, db_url: str, pub: PublishResult, exc: list[str],
     return {"figures": figures, "checks": checks}
 
 
-def _influx_alert_counts(url: str, rule: str | None) -> dict[tuple[str, str], int]:
+def _influx_alert_counts(url: str, rule: str | None,
+                         database: str = "soak") -> dict[tuple[str, str], int]:
     """(device, state) → number of ``lifeline_alert`` points (of ``rule``, else all)."""
     out: dict[tuple[str, str], int] = {}
     where = f" WHERE rule = '{rule}'" if rule else ""
-    series = influxql(url, "soak", f'SELECT device, "state" FROM "{ALERT.name}"{where}')
+    series = influxql(url, database, f'SELECT device, "state" FROM "{ALERT.name}"{where}')
     for s in series:
         cols = s["columns"]
         di, si = cols.index("device"), cols.index("state")

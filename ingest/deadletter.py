@@ -114,11 +114,18 @@ def _add_payload_size(conn: Connection) -> None:
 
 
 # (version, description, upgrade): applied by the service's migration runner.
+def _create_spool_table(conn: Connection) -> None:
+    from ingest.spool_db import create_spool_table  # noqa: PLC0415 - the spool's own module
+
+    create_spool_table(conn)
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "dead_letters table", _create_dead_letters),
     (2, "dead_letters.replay: replay requested by the CLI or API", _add_replay_column),
     (3, "dead_letters.payload_size, truncated: whole payloads, cut ones not replayed",
      _add_payload_size),
+    (4, "ingest_spool: the spool in the database (active/standby)", _create_spool_table),
 ]
 
 

@@ -100,22 +100,37 @@ class Deduplicator:
     __slots__ = ("_current", "_half", "_previous")
 
     def __init__(self, capacity: int) -> None:
-        # Two generations of sets: O(1) per key and no per-key eviction. The last
-        # ``capacity // 2`` keys are always remembered, at most ``capacity`` are.
+        # Two generations (dicts: sets with insertion order, for :meth:`recent`): O(1) per
+        # key and no per-key eviction. The last ``capacity // 2`` keys are always
+        # remembered, at most ``capacity`` are.
         self._half = max(1, capacity // 2)
-        self._current: set[object] = set()
-        self._previous: set[object] = set()
+        self._current: dict[object, None] = {}
+        self._previous: dict[object, None] = {}
 
     def seen(self, key: object) -> bool:
         """True if ``key`` was seen; otherwise remember it and return False."""
         current = self._current
         if key in current or key in self._previous:
             return True
-        current.add(key)
+        current[key] = None
         if len(current) >= self._half:
             self._previous = current
-            self._current = set()
+            self._current = {}
         return False
+
+    def recent(self, n: int) -> list[object]:
+        """The ``n`` most recently remembered keys, oldest first."""
+        if n <= 0:
+            return []
+        keys = list(self._current)
+        if len(keys) < n:
+            keys = list(self._previous)[-(n - len(keys)):] + keys
+        return keys[-n:]
+
+    def remember(self, keys: Sequence[object]) -> None:
+        """Remember ``keys`` (oldest first) as if they had been seen."""
+        for key in keys:
+            self.seen(key)
 
     def __len__(self) -> int:
         return len(self._current) + len(self._previous)
@@ -532,6 +547,37 @@ def _dedup_key(device_id: str, seq: Any, ts_ns: int | None, values: dict[str, An
     except TypeError:  # lists or objects among the values: no cheap identity
         return None
     return key
+
+
+def keys_to_json(keys: Sequence[object]) -> bytes:
+    """De-duplication keys (:meth:`Deduplicator.recent`) as a JSON document."""
+    return orjson.dumps(keys)
+
+
+def keys_from_json(document: bytes) -> list[object]:
+    """The keys of :func:`keys_to_json`, hashable again; malformed entries are skipped."""
+    out: list[object] = []
+    try:
+        items = orjson.loads(document)
+    except orjson.JSONDecodeError:
+        return out
+    if not isinstance(items, list):
+        return out
+    for item in items:
+        if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)):
+            continue
+        device, second, third = item
+        if isinstance(third, list):  # (device, ts, ((name, value), ...))
+            try:
+                key: object = (device, second, tuple(tuple(p) for p in third))
+                hash(key)
+            except TypeError:
+                continue
+            out.append(key)
+        elif (type(second) is int or type(second) is str) and (
+                third is None or type(third) is int):
+            out.append((device, second, third))
+    return out
 
 
 def _loads(payload: bytes, kind: TopicKind) -> Any:

@@ -16,7 +16,7 @@ import httpx
 
 from common.retry import Backoff
 from ingest.errors import WriteError
-from ingest.spool import Spool, SpoolError
+from ingest.spool import ChunkSpool, SpoolError
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ class InfluxWriter:
         flush_interval: float = 0.2,
         max_backoff: float = 10.0,
         retries: int = 3,
-        spool: Spool | None = None,
+        spool: ChunkSpool | None = None,
         queue_chunks: int = 200,
         on_written: Callable[[int], None] | None = None,
         on_rejected: Callable[[list[str], str], None] | None = None,
@@ -379,7 +379,12 @@ class InfluxWriter:
             if not self._write_with_retry(chunk.lines, 0):
                 self._retry_at = time.monotonic() + self._delay
                 return
-            self.spool.remove(chunk.seq)
+            try:
+                self.spool.remove(chunk.seq)
+            except SpoolError:  # kept: replayed again later (rewriting a point is harmless)
+                log.exception("spool chunk %d written but not removed", chunk.seq)
+                self._retry_at = time.monotonic() + self._delay
+                return
             self.stats.lines_replayed += len(chunk.lines)
             if stopping and time.monotonic() > self._deadline:
                 return

@@ -73,6 +73,7 @@ class ChildStatus:
     sessions_lost: int = 0
     sessions_taken_over: int = 0
     sessions_kept: int = 0
+    yielded: bool = False
 
 
 class _BatchSink:
@@ -107,7 +108,7 @@ def _status(sub: MqttSubscriber, sink: _BatchSink) -> ChildStatus:
     return ChildStatus(sub.connected, sub.connects, sub.session, sub.subscribed.is_set(),
                        sub.acked, sub.stale_acks, sub.deferred, sub.dropped_at_shutdown,
                        sink.received, sub.read_holds, sub.sessions_lost,
-                       sub.sessions_taken_over, sub.sessions_kept)
+                       sub.sessions_taken_over, sub.sessions_kept, sub.yielded)
 
 
 def child_main(data: Connection, control: Connection) -> None:
@@ -156,6 +157,8 @@ def child_main(data: Connection, control: Connection) -> None:
                     elif kind == "pause":
                         sub.pause()
                         data.send_bytes(dumps(("paused", sink.take(), _status(sub, sink))))
+                    elif kind == "rejoin":
+                        sub.rejoin()
                     elif kind == "stop":
                         stopping = True
                         break
@@ -277,6 +280,18 @@ class ProcessSubscriber:
     def sessions_kept(self) -> int:
         """Connects that expected the persistent session and found it."""
         return self._base.sessions_kept + self.status.sessions_kept
+
+    @property
+    def yielded(self) -> bool:
+        """The session was taken over by another node and the network process did not
+        reconnect (``yield_on_takeover``)."""
+        return self.status.yielded
+
+    def rejoin(self) -> bool:
+        """Ask the network process to connect again after yielding the session."""
+        if not self.status.yielded:
+            return False
+        return self._send(("rejoin",))
 
     @property
     def pid(self) -> int | None:

@@ -14,6 +14,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from ingest.errors import IngestError
 
@@ -34,14 +35,70 @@ class SpoolChunk:
     lines: list[str]
 
 
-class Spool:
+class ChunkSpool(Protocol):
+    """What the writer needs of a spool: on disk (:class:`Spool`) or in the service
+    database (:class:`ingest.spool_db.DatabaseSpool`)."""
+
+    lines_in: int
+    lines_out: int
+    refused: int
+
+    def __len__(self) -> int:
+        """Chunks held."""
+
+    @property
+    def bytes(self) -> int:
+        """Bytes held."""
+
+    def put(self, lines: list[str]) -> bool:
+        """Append a chunk; False when it does not fit or cannot be stored."""
+
+    def peek(self) -> SpoolChunk | None:
+        """The oldest chunk."""
+
+    def remove(self, seq: int) -> None:
+        """Forget the oldest chunk ``seq``; raises :class:`SpoolError` when it cannot."""
+
+
+class ChunkIndex:
+    """The bookkeeping both spools share: ``(seq, size)`` of the chunks held, oldest
+    first, their total size and the line counters."""
+
+    def __init__(self, max_bytes: int, chunks: list[tuple[int, int]]) -> None:
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._chunks = chunks
+        self._bytes = sum(size for _, size in chunks)
+        self.lines_in = 0
+        self.lines_out = 0
+        self.refused = 0
+
+    def __len__(self) -> int:
+        """Chunks in the spool."""
+        return len(self._chunks)
+
+    @property
+    def bytes(self) -> int:
+        """Bytes held."""
+        return self._bytes
+
+    def _oldest(self) -> int | None:
+        with self._lock:
+            return self._chunks[0][0] if self._chunks else None
+
+    def _added(self, seq: int, size: int, lines: int) -> None:
+        """Record a stored chunk (under the lock)."""
+        self._chunks.append((seq, size))
+        self._bytes += size
+        self.lines_in += lines
+
+
+class Spool(ChunkIndex):
     """A bounded FIFO of line-protocol chunks on disk."""
 
     def __init__(self, directory: Path, max_bytes: int, *, fsync: bool = True) -> None:
         self.directory = directory
-        self.max_bytes = max_bytes
         self._fsync = fsync
-        self._lock = threading.Lock()
         try:
             directory.mkdir(parents=True, exist_ok=True)
             for tmp in directory.glob("*.tmp"):  # a write interrupted by a crash
@@ -52,24 +109,11 @@ class Spool:
             )
         except OSError as exc:
             raise SpoolError(f"spool directory {directory}: {exc}") from exc
-        self._chunks: list[tuple[int, int]] = [(seq, size) for seq, size, _ in found]
-        self._bytes = sum(size for _, size in self._chunks)
+        super().__init__(max_bytes, [(seq, size) for seq, size, _ in found])
         self._next = (self._chunks[-1][0] + 1) if self._chunks else 1
-        self.lines_in = 0
-        self.lines_out = 0
-        self.refused = 0
         if self._chunks:
             log.info("spool %s: %d chunks (%d bytes) left from a previous run",
                      directory, len(self._chunks), self._bytes)
-
-    def __len__(self) -> int:
-        """Chunks in the spool."""
-        return len(self._chunks)
-
-    @property
-    def bytes(self) -> int:
-        """Bytes on disk."""
-        return self._bytes
 
     def put(self, lines: list[str]) -> bool:
         """Append a chunk; False (and nothing written) when it would exceed ``max_bytes``."""
@@ -100,17 +144,14 @@ class Spool:
                 self.refused += 1
                 return False
             self._next += 1
-            self._chunks.append((seq, len(body)))
-            self._bytes += len(body)
-            self.lines_in += len(lines)
+            self._added(seq, len(body), len(lines))
             return True
 
     def peek(self) -> SpoolChunk | None:
         """The oldest chunk, or None when the spool is empty."""
-        with self._lock:
-            if not self._chunks:
-                return None
-            seq = self._chunks[0][0]
+        seq = self._oldest()
+        if seq is None:
+            return None
         try:
             text = self._path(seq).read_text("utf-8")
         except OSError as exc:

@@ -54,6 +54,11 @@ class MqttOptions:
     buffered_reads: bool = True  # ingest.mqttsocket.FastClient: buffered reads, light decode
     expect_session: bool = False  # the broker should hold our session (made by an earlier
     # connection of this service): a first CONNACK without it counts as a lost session
+    leader_gated: bool = False  # active/standby: after a lost connection stay disconnected
+    # until :meth:`MqttSubscriber.rejoin` (called while this node leads). Brokers such as
+    # Mosquitto 2.0 close a taken-over session's socket without a reason code, so a
+    # frozen ex-leader's network loop cannot tell a takeover from a broker restart and
+    # must not reconnect on its own (it would take the session back from the new leader).
 
 
 class MessageSink(Protocol):
@@ -92,6 +97,8 @@ class MqttSubscriber:
             protocol=protocol,
             clean_session=None if self._v5 else options.clean_start,
             manual_ack=options.manual_ack,
+            # leader-gated: the loop ends on a lost connection; rejoin() starts it again
+            reconnect_on_failure=not options.leader_gated,
         )
         if options.username:
             self.client.username_pw_set(options.username, options.password or None)
@@ -118,6 +125,7 @@ class MqttSubscriber:
         self.sessions_lost = 0  # connects that expected the session and found none
         self.sessions_taken_over = 0  # disconnected: another client took our client id
         self.sessions_kept = 0  # connects that expected the session and found it
+        self.yielded = False  # leader_gated: disconnected, waiting for rejoin()
         self._disconnected_at: float | None = None
         self._disconnect_reason = ""
         self.client.max_queued_messages_set(0)
@@ -180,6 +188,22 @@ class MqttSubscriber:
                     "(check mqtt.username / mqtt.password)")
             raise BrokerUnavailableError(f"{where} accepted no MQTT connection within "
                                          f"{opts.connect_timeout_s:.0f}s")
+
+    def rejoin(self) -> bool:
+        """Connect again after a lost connection (``leader_gated``: the caller leads);
+        True when the connection was made (the broker's CONNACK follows on the loop)."""
+        if not self.yielded:
+            return False
+        self.client.loop_stop()  # the loop that stopped on the takeover
+        try:
+            self._connect()
+        except OSError as exc:
+            log.warning("MQTT rejoin failed: %s", exc)
+            return False
+        self.yielded = False
+        self.client.loop_start()
+        log.info("MQTT: rejoined the session of client id %r", self.options.client_id)
+        return True
 
     def _connect(self) -> None:
         opts = self.options
@@ -309,7 +333,11 @@ class MqttSubscriber:
         self.subscribed.clear()
         self._disconnected_at = time.monotonic()
         self._disconnect_reason = str(reason)
-        if getattr(reason, "value", 0) == _SESSION_TAKEN_OVER:
+        if self.options.leader_gated and reason.is_failure:
+            self.yielded = True  # loop_forever ends: reconnect_on_failure is off
+            log.warning("MQTT disconnected (%s): reconnecting only while this node leads",
+                        reason)
+        elif getattr(reason, "value", 0) == _SESSION_TAKEN_OVER:
             self.sessions_taken_over += 1
             log.warning(
                 "MQTT session taken over: broker %s:%d disconnected client id %r (user %r) "

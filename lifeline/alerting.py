@@ -14,7 +14,7 @@ from alerts.cases.book import CaseBook
 from alerts.cases.kpi import period_lines
 from alerts.cases.model import CaseConfig, Route, StageDeadlines
 from alerts.delivery.outbox import DeliveryConfig, OutboxWorker
-from alerts.delivery.webhook import HttpNotifier
+from alerts.delivery.webhook import GuardedNotifier, HttpNotifier, Notifier
 from alerts.errors import AlertsError
 from alerts.lifecycle.model import AlertConfig
 from alerts.lifecycle.pipeline import AlertPipeline
@@ -22,6 +22,7 @@ from alerts.lifecycle.stages.stage import DeviceStateView
 from common.retry import Backoff
 from devices.registry import DeviceLookup
 from devices.status import LinkStatus, StatusTracker
+from lifeline.leadership import NotLeader
 from lifeline.notifying import notify_runtime
 from lifeline.settings import Settings
 from rules.model import Finding, Severity
@@ -97,7 +98,8 @@ class AlertsRuntime:
 
     def __init__(self, settings: Settings, engine: Engine, registry: DeviceLookup,
                  write_lines: Callable[[list[str]], None],
-                 devices: DeviceStateView | None = None) -> None:
+                 devices: DeviceStateView | None = None,
+                 send_guard: Callable[[], None] | None = None) -> None:
         self.settings = settings
         self._write_lines = write_lines
         self.pipeline = AlertPipeline(engine, registry, alert_config(settings),
@@ -107,17 +109,24 @@ class AlertsRuntime:
         self.worker: OutboxWorker | None = None
         if w.url:
             secret = w.secret.get_secret_value()
-            fallback = (HttpNotifier(w.fallback_url, secret, timeout=w.timeout)
-                        if w.fallback_url else None)
-            self.worker = OutboxWorker(engine, HttpNotifier(w.url, secret, timeout=w.timeout),
-                                       fallback=fallback, config=delivery_config(settings))
+            fallback: Notifier | None = (HttpNotifier(w.fallback_url, secret, timeout=w.timeout)
+                                         if w.fallback_url else None)
+            primary: Notifier = HttpNotifier(w.url, secret, timeout=w.timeout)
+            if send_guard is not None:  # active/standby: only the leader sends
+                primary = GuardedNotifier(primary, send_guard)
+                if fallback is not None:
+                    fallback = GuardedNotifier(fallback, send_guard)
+            self.worker = OutboxWorker(engine, primary, fallback=fallback,
+                                       config=delivery_config(settings))
         # notification channels: rows routed beside the webhook's, sent by their own worker
         # (a delivery worker of the service: lifeline.service.Service.workers)
         self.notify = notify_runtime(settings.notify, engine, registry)
         if self.notify is not None:
             self.pipeline.cases.fanout = self.notify.router
+            self.notify.worker.guard = send_guard
         self._stop = threading.Event()
-        self._queue: queue.Queue[list[Finding]] = queue.Queue()
+        # findings in order; a callable is a marker: run once everything before it is applied
+        self._queue: queue.Queue[list[Finding] | Callable[[], None]] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="alerts", daemon=True)
         self._kpi_interval_s = settings.cases.kpi_interval.seconds
         self._kpi_period_ns = settings.cases.kpi_period.ns
@@ -150,6 +159,11 @@ class AlertsRuntime:
         if findings:
             self._queue.put(list(findings))
 
+    def after_applied(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` (in the alerts thread) once every finding handed over before
+        it is applied — committed to the database, with its outbox rows."""
+        self._queue.put(callback)
+
     def backlog(self) -> int:
         """Finding batches waiting for the alerts thread."""
         return self._queue.qsize()
@@ -164,6 +178,10 @@ class AlertsRuntime:
             notified = self.pipeline.notified
             try:
                 self.pipeline.process(findings[i:i + 1])
+            except NotLeader as exc:  # active/standby: the next leader evaluates them again
+                log.error("alerts: %d findings not applied, this node no longer leads: %s",
+                          len(findings) - i, exc)
+                return
             except AlertsError as exc:
                 if self._stop.is_set():
                     give_up_at = give_up_at or time.monotonic() + 30
@@ -188,9 +206,14 @@ class AlertsRuntime:
         next_kpi = time.monotonic()
         while True:
             try:
-                batch = self._queue.get(timeout=max(0.0, next_tick - time.monotonic()))
+                item = self._queue.get(timeout=max(0.0, next_tick - time.monotonic()))
             except queue.Empty:
-                batch = None
+                item = None
+            batch: list[Finding] | None = None
+            if callable(item):
+                _call(item)
+            else:
+                batch = item
             if batch:
                 self._apply(batch)
                 self.wake()
@@ -226,7 +249,11 @@ class AlertsRuntime:
             self._thread.join(60)
         else:  # never started: apply here
             while not self._queue.empty():
-                self._apply(self._queue.get())
+                item = self._queue.get()
+                if callable(item):
+                    _call(item)
+                else:
+                    self._apply(item)
         try:
             self.pipeline.tick()
         except AlertsError as exc:
@@ -234,3 +261,9 @@ class AlertsRuntime:
         if self.worker is not None:
             self.worker.stop(timeout)
 
+
+def _call(callback: Callable[[], None]) -> None:
+    try:
+        callback()
+    except Exception:
+        log.exception("alerts: marker callback failed")

@@ -23,7 +23,8 @@ from lifeline.api import notify as notify_api
 from lifeline.api import rules as rules_api
 from lifeline.api import schema as schema_api
 from lifeline.api import silences as silences_api
-from lifeline.api.deps import ApiContext, ReadyCheck
+from lifeline.api.deps import ApiContext, HaView, ReadyCheck
+from lifeline.api.forward import FORWARD_ERRORS, TIMEOUT_S, ForwardMiddleware, forwarded
 from lifeline.api.limits import BodyLimitMiddleware
 from lifeline.auth import TokenStore
 from lifeline.metrics import StateCollector
@@ -55,10 +56,15 @@ def create_app(settings: Settings, engine: Engine,
                rules_reload: Callable[[], tuple[int, int]] | None = None,
                case_book: CaseBook | None = None,
                outbox_wake: Callable[[], None] | None = None,
-               collectors: Iterable[Collector] = ()) -> FastAPI:
+               collectors: Iterable[Collector] = (),
+               ha: HaView | None = None,
+               forward_timeout_s: float = TIMEOUT_S) -> FastAPI:
     """The API app; ``ready_checks`` feed ``/readyz``. The keyword arguments are the
     service's runtime objects (see :class:`~lifeline.api.deps.ApiContext`);
-    ``collectors`` join the app's metrics registry."""
+    ``collectors`` join the app's metrics registry. With ``ha`` (active/standby HA),
+    ``/readyz`` names the node's role and, while this node is not the leader, writes are
+    forwarded to the leader (:mod:`lifeline.api.forward`; ``forward_timeout_s``: how long
+    the leader may take to answer)."""
     # /docs, /redoc and /openapi.json need a viewer token (lifeline.api.schema): only
     # /healthz and /readyz are open.
     app = FastAPI(title="citylifeline", version="0.1.0", openapi_url=None, docs_url=None,
@@ -72,7 +78,7 @@ def create_app(settings: Settings, engine: Engine,
         settings=settings, engine=engine, tokens=TokenStore(settings.api.tokens),
         metrics_registry=metrics_registry, ready_checks=dict(ready_checks or {}),
         device_cache=device_cache, rule_engine=rule_engine, rules_reload=rules_reload,
-        case_book=case_book, outbox_wake=outbox_wake)
+        case_book=case_book, outbox_wake=outbox_wake, ha=ha)
     app.include_router(health.router)
     app.include_router(devices_api.router, responses=AUTH_ERRORS)
     app.include_router(ingest_api.router, responses=AUTH_ERRORS)
@@ -84,11 +90,32 @@ def create_app(settings: Settings, engine: Engine,
     app.include_router(rules_api.router, responses=AUTH_ERRORS)
     app.include_router(schema_api.router)
     schema_api.install_openapi(app)
+    if ha is not None:
+        _document_forwarding(app)
+        # inside the body limit: an oversized body is refused before anything is sent
+        app.add_middleware(ForwardMiddleware, ha=ha, timeout_s=forward_timeout_s)
     app.add_middleware(
         BodyLimitMiddleware, default=settings.api.max_body_bytes,
         per_path={"/api/v1/devices/import": (settings.api.max_import_bytes,
                                              "api.max_import_bytes")})
     return app
+
+
+def _document_forwarding(app: FastAPI) -> None:
+    """Add the forwarding middleware's answers to every write route of the schema."""
+    build = app.openapi
+
+    def with_forwarding() -> dict[str, Any]:
+        schema = build()
+        for path, item in schema.get("paths", {}).items():
+            for method, op in item.items():
+                if isinstance(op, dict) and forwarded(method.upper(), path):
+                    responses = op.setdefault("responses", {})
+                    for code, doc in FORWARD_ERRORS.items():
+                        responses.setdefault(str(code), dict(doc))
+        return schema
+
+    app.openapi = with_forwarding  # type: ignore[method-assign]
 
 
 class ApiServer:

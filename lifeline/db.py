@@ -95,8 +95,10 @@ def schema_components() -> dict[str, Sequence[Migration]]:
     from devices.store import MIGRATIONS as DEVICES  # noqa: PLC0415 - avoid import cycles
     from ingest.deadletter import MIGRATIONS as INGEST  # noqa: PLC0415 - avoid import cycles
     from lifeline.leadership import MIGRATIONS as LEADERSHIP  # noqa: PLC0415 - import cycles
+    from lifeline.shared_state import MIGRATIONS as STATE  # noqa: PLC0415 - import cycles
 
-    return {"devices": DEVICES, "ingest": INGEST, "alerts": ALERTS, "leadership": LEADERSHIP}
+    return {"devices": DEVICES, "ingest": INGEST, "alerts": ALERTS, "leadership": LEADERSHIP,
+            "state": STATE}
 
 
 def open_database(url: str) -> Engine:

@@ -4,7 +4,8 @@ service database, the :class:`Fence` every write path checks, and the
 
 Tables (component ``leadership``): ``leader_lease`` holds one row per service group
 (holder, fencing ``token``, ``acquired_ns``, ``renewed_ns``, ``expires_ns``);
-``cluster_nodes`` one row per node (host, pid, role, last seen, last takeover).
+``cluster_nodes`` one row per node (host, pid, role, last seen, last takeover, and the
+API URL other nodes forward writes to: ``api_url``, migration 2).
 
 Expiry decisions use the database's clock on PostgreSQL (``statement_timestamp()``: one
 value per statement, current even late in a long transaction, unlike ``now()``), so
@@ -65,6 +66,7 @@ cluster_nodes = sa.Table(
     sa.Column("last_seen_ns", sa.BigInteger, nullable=False),
     sa.Column("started_ns", sa.BigInteger, nullable=False),
     sa.Column("last_takeover_ns", sa.BigInteger, nullable=True),
+    sa.Column("api_url", sa.String(512), nullable=True),  # where writes are forwarded to
 )
 
 
@@ -72,8 +74,15 @@ def _create_tables(conn: Connection) -> None:
     metadata.create_all(conn, tables=[leader_lease, cluster_nodes])
 
 
+def _add_api_url(conn: Connection) -> None:
+    columns = {c["name"] for c in sa.inspect(conn).get_columns("cluster_nodes")}
+    if "api_url" not in columns:  # a database created at version 1
+        conn.execute(sa.text("ALTER TABLE cluster_nodes ADD COLUMN api_url VARCHAR(512)"))
+
+
 MIGRATIONS: list[Migration] = [
     (1, "leader lease and cluster nodes", _create_tables),
+    (2, "cluster_nodes.api_url (the API URL writes are forwarded to)", _add_api_url),
 ]
 
 
@@ -124,13 +133,15 @@ class NodeState:
     last_seen_ns: int
     started_ns: int
     last_takeover_ns: int | None
+    api_url: str | None = None
 
 
 class LeaderLease:
     """The lease of ``group`` in the database of ``engine``, as seen by ``node_id``.
 
-    Every operation is one short transaction; :meth:`try_acquire` and :meth:`renew`
-    are single conditional ``UPDATE`` statements, so racing nodes never both win.
+    Every operation is one short transaction; :meth:`renew` is a single conditional
+    ``UPDATE``, :meth:`try_acquire` a read and a conditional ``UPDATE`` on what was read
+    (compare-and-set), so racing nodes never both win.
     """
 
     def __init__(self, engine: Engine, group: str, node_id: str, lease_ns: int) -> None:
@@ -141,6 +152,9 @@ class LeaderLease:
         self.node_id = node_id
         self.lease_ns = lease_ns
         self.postgres = engine.dialect.name == "postgresql"
+        # the holder of the row just before our last successful acquire (None: it was
+        # free or released cleanly); not None means that acquire was a takeover
+        self.previous_holder: str | None = None
 
     # -- clock -----------------------------------------------------------------------
 
@@ -172,17 +186,30 @@ class LeaderLease:
     # -- operations --------------------------------------------------------------------
 
     def try_acquire(self) -> int | None:
-        """Take the lease if it is free or expired; the new fencing token, else None."""
+        """Take the lease if it is free or expired; the new fencing token, else None.
+
+        The row is read and then changed only if it still carries the token and holder
+        read (compare-and-set; on PostgreSQL the read also locks the row, on SQLite the
+        transaction holds the write lock). On success :attr:`previous_holder` is the holder
+        read: None when the lease was free or released cleanly, a node id when its lease
+        expired (a takeover)."""
         try:
             with self.engine.begin() as conn:
                 self._begin(conn)
                 self._ensure_row(conn)
                 now = self._now()
                 t = leader_lease.c
+                free = sa.or_(t.holder.is_(None), t.expires_ns <= now)
+                before = sa.select(t.holder, t.token).where(t.group_name == self.group, free)
+                if self.postgres:  # lock the row: nobody changes it between read and update
+                    before = before.with_for_update()
+                found = conn.execute(before).first()
+                if found is None:
+                    return None
                 result = conn.execute(
                     leader_lease.update()
-                    .where(t.group_name == self.group,
-                           sa.or_(t.holder.is_(None), t.expires_ns <= now))
+                    .where(t.group_name == self.group, t.token == found.token,
+                           t.holder.is_not_distinct_from(found.holder), free)
                     .values(holder=self.node_id, token=t.token + 1, acquired_ns=now,
                             renewed_ns=now, expires_ns=now + self.lease_ns))
                 if result.rowcount != 1:
@@ -191,8 +218,13 @@ class LeaderLease:
                     t.group_name == self.group, t.holder == self.node_id)).scalar_one()
         except sa.exc.SQLAlchemyError as exc:
             raise LeaseError(f"lease {self.group}: acquire failed: {exc}") from exc
-        log.info("node %s acquired the lease of %s with token %d",
-                 self.node_id, self.group, token)
+        self.previous_holder = found.holder
+        if found.holder is None:
+            log.info("node %s acquired the lease of %s with token %d",
+                     self.node_id, self.group, token)
+        else:
+            log.warning("node %s took the lease of %s over from %s (expired) with token %d",
+                        self.node_id, self.group, found.holder, token)
         return int(token)
 
     def renew(self, token: int) -> bool:
@@ -266,11 +298,14 @@ class LeaderLease:
 
     # -- nodes -------------------------------------------------------------------------
 
-    def heartbeat(self, role: str, *, started_ns: int, takeover: bool = False) -> None:
-        """Record this node in ``cluster_nodes`` (role, last seen; a takeover's time)."""
+    def heartbeat(self, role: str, *, started_ns: int, takeover: bool = False,
+                  api_url: str | None = None) -> None:
+        """Record this node in ``cluster_nodes`` (role, last seen, the API URL other nodes
+        forward writes to; a takeover's time)."""
         now = time.time_ns()
         values: dict[str, Any] = {"group_name": self.group, "host": socket.gethostname(),
-                                  "pid": os.getpid(), "role": role, "last_seen_ns": now}
+                                  "pid": os.getpid(), "role": role, "last_seen_ns": now,
+                                  "api_url": api_url}
         if takeover:
             values["last_takeover_ns"] = now
         try:
@@ -293,13 +328,28 @@ class LeaderLease:
             with self.engine.connect() as conn:
                 rows = conn.execute(sa.select(
                     n.node_id, n.host, n.pid, n.role, n.last_seen_ns, n.started_ns,
-                    n.last_takeover_ns).where(n.group_name == self.group)
+                    n.last_takeover_ns, n.api_url).where(n.group_name == self.group)
                     .order_by(n.node_id)).all()
         except sa.exc.SQLAlchemyError as exc:
             raise LeaseError(f"lease {self.group}: reading nodes failed: {exc}") from exc
         return [NodeState(r.node_id, r.host, int(r.pid), r.role, int(r.last_seen_ns),
                           int(r.started_ns), None if r.last_takeover_ns is None
-                          else int(r.last_takeover_ns)) for r in rows]
+                          else int(r.last_takeover_ns), r.api_url) for r in rows]
+
+    def leader_api_url(self) -> str | None:
+        """The API URL the holder of the unexpired lease advertised; None when nobody
+        holds it or the holder recorded no URL (one query)."""
+        t, n = leader_lease.c, cluster_nodes.c
+        query = (sa.select(n.api_url)
+                 .select_from(leader_lease.join(cluster_nodes, n.node_id == t.holder))
+                 .where(t.group_name == self.group, n.group_name == self.group,
+                        t.expires_ns > self._now()))
+        try:
+            with self.engine.connect() as conn:
+                url = conn.execute(query).scalar_one_or_none()
+        except sa.exc.SQLAlchemyError as exc:
+            raise LeaseError(f"lease {self.group}: reading the leader failed: {exc}") from exc
+        return str(url) if url else None
 
 
 class Fence:
@@ -353,12 +403,18 @@ class LeaderElector:
     gone or when no renewal succeeded for ``lease - margin`` (the database unreachable or
     too slow). Database calls run in a worker thread and are waited for only until that
     deadline, so a hung connection cannot keep a stale leader in office.
+
+    Every heartbeat records ``api_url`` (where the other nodes forward API writes).
+    Counters: :attr:`elections` (every term won), :attr:`takeovers` (terms won from a
+    holder whose lease had expired: :attr:`previous_holder` is then its id, set before
+    ``on_elected`` runs) and :attr:`demotions`.
     """
 
     def __init__(self, lease: LeaderLease, *, renew_s: float, poll_s: float,
                  margin_s: float | None = None,
                  on_elected: Callable[[int], None] | None = None,
-                 on_demoted: Callable[[str], None] | None = None) -> None:
+                 on_demoted: Callable[[str], None] | None = None,
+                 api_url: str | None = None) -> None:
         lease_s = lease.lease_ns / NS
         self.margin_s = lease_s / 5 if margin_s is None else margin_s
         if not 0 < renew_s * 2 <= lease_s - self.margin_s:
@@ -368,6 +424,7 @@ class LeaderElector:
         self.poll_s = poll_s
         self.on_elected = on_elected
         self.on_demoted = on_demoted
+        self.api_url = api_url
         self.started_ns = time.time_ns()
         self._lock = threading.Lock()
         self._token: int | None = None
@@ -380,8 +437,10 @@ class LeaderElector:
         self._beats = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"beat-{lease.node_id}")
         self._beat: concurrent.futures.Future[None] | None = None
+        self.elections = 0
         self.takeovers = 0
         self.demotions = 0
+        self.previous_holder: str | None = None  # of the current (or last) term
 
     # -- state ------------------------------------------------------------------------
 
@@ -397,6 +456,13 @@ class LeaderElector:
     def is_leader(self) -> bool:
         """Whether this node leads right now (by its own, conservative, reckoning)."""
         return self.token is not None
+
+    def remaining_s(self) -> float:
+        """Seconds until the local step-down deadline of the current term (0 as standby)."""
+        with self._lock:
+            if self._token is None:
+                return 0.0
+            return max(0.0, self._deadline - time.monotonic())
 
     def fence(self) -> Fence:
         """The fence of the current term; raises :class:`NotLeader` as standby."""
@@ -454,15 +520,16 @@ class LeaderElector:
             raise TimeoutError("previous database call finished late")
         return result
 
-    def _heartbeat(self, role: str, takeover: bool = False) -> None:
+    def _heartbeat(self, role: str, takeover: bool = False, force: bool = False) -> None:
         """Record the node in ``cluster_nodes`` from a worker of its own, without waiting:
-        a slow heartbeat must never delay a renewal (one at a time; a takeover's waits)."""
-        if self._beat is not None and not self._beat.done() and not takeover:
+        a slow heartbeat must never delay a renewal (one at a time; an election's waits)."""
+        if self._beat is not None and not self._beat.done() and not force:
             return
 
         def beat() -> None:
             try:
-                self.lease.heartbeat(role, started_ns=self.started_ns, takeover=takeover)
+                self.lease.heartbeat(role, started_ns=self.started_ns, takeover=takeover,
+                                     api_url=self.api_url)
             except LeaseError as exc:
                 log.debug("heartbeat of %s failed: %s", self.lease.node_id, exc)
 
@@ -481,14 +548,19 @@ class LeaderElector:
                     log.debug("standby %s: acquire failed: %s", self.lease.node_id, exc)
                     got = None
                 if got is not None and not self._stop.is_set():
+                    previous = self.lease.previous_holder
                     with self._lock:
                         self._token = got
                         self._deadline = sent + lease_s - self.margin_s
-                    self.takeovers += 1
-                    log.warning("node %s is now the leader (token %d)", self.lease.node_id, got)
+                        self.previous_holder = previous
+                    self.elections += 1
+                    if previous is not None:
+                        self.takeovers += 1
+                    log.warning("node %s is now the leader (token %d%s)", self.lease.node_id,
+                                got, "" if previous is None else f", taken over from {previous}")
                     if self.on_elected is not None:
                         self.on_elected(got)
-                    self._heartbeat("leader", takeover=True)
+                    self._heartbeat("leader", takeover=previous is not None, force=True)
                     continue
                 self._heartbeat("standby")
                 self._stop.wait(self.poll_s)
@@ -535,14 +607,48 @@ class LeaderElector:
             self.on_demoted(reason)
 
 
+class ElectorView:
+    """What the API needs to know about leadership (:class:`lifeline.api.deps.HaView`),
+    answered by an elector: the role from its local reckoning, the leader's URL from the
+    database."""
+
+    def __init__(self, elector: LeaderElector) -> None:
+        self.elector = elector
+
+    @property
+    def node_id(self) -> str:
+        """This node's id."""
+        return self.elector.lease.node_id
+
+    def is_leader(self) -> bool:
+        """Whether this node leads now."""
+        return self.elector.is_leader
+
+    def leader_api_url(self) -> str | None:
+        """The leader's advertised API URL (None: no leader, or it advertised none)."""
+        return self.elector.lease.leader_api_url()
+
+
+def advertised_api_url(settings: Any) -> str | None:
+    """The API URL this node advertises: ``ha.advertise_url``, else
+    ``http://<hostname>:<api.port>`` when the API runs, else None."""
+    if settings.ha.advertise_url:
+        return str(settings.ha.advertise_url)
+    if settings.api.enabled:
+        return f"http://{socket.gethostname()}:{settings.api.port}"
+    return None
+
+
 def elector_from_settings(settings: Any, *,
                           on_elected: Callable[[int], None] | None = None,
                           on_demoted: Callable[[str], None] | None = None) -> LeaderElector:
     """The elector ``[ha]`` of ``settings`` (a :class:`lifeline.settings.Settings`) describes,
-    on an engine of its own with the lease's timeouts (not started)."""
+    on an engine of its own with the lease's timeouts (not started); it advertises
+    :func:`advertised_api_url`."""
     ha = settings.ha
     engine = lease_engine(settings.database_url, ha.renew_interval.seconds)
     lease = LeaderLease(engine, ha.group, ha.node_id or default_node_id(), ha.lease.ns)
     return LeaderElector(lease, renew_s=ha.renew_interval.seconds,
                          poll_s=ha.poll_interval.seconds,
-                         on_elected=on_elected, on_demoted=on_demoted)
+                         on_elected=on_elected, on_demoted=on_demoted,
+                         api_url=advertised_api_url(settings))

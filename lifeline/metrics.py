@@ -9,7 +9,9 @@ Here:
   open cases, pending or dead deliveries), by the capped dead-letter store
   (``ingest.dlq_max_rows``), or by the fleet (devices);
 * :class:`RuntimeCollector` exposes in-memory figures of the running service: rule
-  evaluation time and webhook delivery latency (histograms) and delivery counters.
+  evaluation time and webhook delivery latency (histograms) and delivery counters;
+* :class:`HaCollector` the node's leadership (active/standby HA): role, fencing token,
+  lease time left, takeovers and demotions, labelled ``node``.
 
 Both are registered in the API app's own registry (``ApiContext.metrics_registry``), so
 several apps in one process (tests) never collide; ``/metrics`` serves the process-wide
@@ -21,6 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 from prometheus_client import Histogram
@@ -40,6 +43,9 @@ from devices.status import LinkStatus
 from devices.store import devices_table, status_table
 from ingest.deadletter import Reason, dead_letters
 from rules.model import Severity
+
+if TYPE_CHECKING:
+    from lifeline.leadership import LeaderElector
 
 log = logging.getLogger(__name__)
 
@@ -211,3 +217,40 @@ class RuntimeCollector(Collector):
                  st.via_fallback)):
             yield CounterMetricFamily(f"lifeline_webhook_{name}", doc, value=value)
         yield from w.latency.collect()
+
+
+class HaCollector(Collector):
+    """The leadership of this node, from its elector (no database query): whether it
+    leads, its fencing token (0 as standby), the seconds left until it would step down
+    by itself, and its takeovers and demotions since start, labelled ``node``."""
+
+    def __init__(self, elector: LeaderElector) -> None:
+        self.elector = elector
+
+    def describe(self) -> Iterator[Metric]:
+        """No fixed description: produced on collect."""
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        """Current values."""
+        e = self.elector
+        node = [e.lease.node_id]
+        token = e.token
+        for name, doc, value in (
+                ("leader", "1 while this node is the leader, 0 as standby",
+                 0.0 if token is None else 1.0),
+                ("token", "the fencing token of this node's term (0 as standby)",
+                 float(token or 0)),
+                ("lease_remaining_seconds", "seconds until the leader steps down unless "
+                 "it renews (0 as standby)", e.remaining_s())):
+            gauge = GaugeMetricFamily(f"lifeline_ha_{name}", doc, labels=["node"])
+            gauge.add_metric(node, value)
+            yield gauge
+        for name, doc, count in (
+                ("takeovers", "terms won from a leader whose lease had expired",
+                 e.takeovers),
+                ("demotions", "terms ended (lease lost, unreachable database, stop)",
+                 e.demotions)):
+            counter = CounterMetricFamily(f"lifeline_ha_{name}", doc, labels=["node"])
+            counter.add_metric(node, count)
+            yield counter

@@ -9,14 +9,18 @@ its outbox, and any other delivery target) are in :attr:`Service.workers`.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from sqlalchemy.engine import Engine
+
+from alerts.errors import DeliveryError
 from common.retry import Backoff, RetriesExhaustedError, retry_until
 from devices.catalogue import Catalogue
 from devices.registry import read_inventory
@@ -25,12 +29,13 @@ from devices.store import CachedRegistry, DeviceStore
 from devices.topics import TopicKind, TopicScheme
 from ingest.batch import RawBuffer, RawMessage
 from ingest.deadletter import DeadLetter, DeadLetterStore, Reason
-from ingest.decode import DecodeLimits, Decoder, DecodeResult
+from ingest.decode import DecodeLimits, Decoder, DecodeResult, keys_from_json, keys_to_json
 from ingest.errors import WriteError
 from ingest.influx import InfluxV1Transport, InfluxV2Transport, InfluxWriter
 from ingest.metrics import IngestCollector, IngestCounters, ingest_line
 from ingest.netproc import ProcessSubscriber
-from ingest.spool import Spool
+from ingest.spool import ChunkSpool, Spool
+from ingest.spool_db import DatabaseSpool
 from ingest.subscriber import MqttOptions, MqttSubscriber
 from lifeline.alerting import STORE_BACKOFF, AlertsRuntime, TrackerStateView
 from lifeline.app import ApiServer, ReadyCheck, create_app
@@ -45,10 +50,20 @@ from lifeline.pipeline import Pipeline
 from lifeline.rules_runtime import RuleUpkeep
 from lifeline.scheduler import PeriodicTask, Scheduler
 from lifeline.settings import Settings
-from rules.engine import RuleEngine
+from lifeline.shared_state import DEDUP_KEYS, RULE_STATE, SharedState, StateError
+from rules.engine import RuleEngine, RuleStateSnapshot
 from rules.loader import load_rules
 
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+    from prometheus_client.registry import Collector
+
+    from lifeline.api.deps import HaView
+
 log = logging.getLogger(__name__)
+
+
+_REJOIN_BACKOFF = Backoff(base_s=1.0, max_s=30.0)
 
 
 class StartupError(LifelineError):
@@ -64,6 +79,61 @@ class ServiceStats:
     dead_lettered: int = 0
     stored_lines: int = 0
     findings: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderTerm:
+    """What a leader's service gets from the elector (``[ha] enabled``): its node id,
+    the database engine whose writes are fenced (:func:`lifeline.fencing.install_fence`)
+    and the local check of leadership for writes outside the database."""
+
+    node_id: str
+    group: str
+    engine: Engine
+    is_leader: Callable[[], bool]
+
+
+class LeaderWriteTransport:
+    """The InfluxDB transport of a leader: refuses to send once this node no longer
+    leads (a frozen leader that resumes writes nothing; its messages stay unacknowledged
+    and the broker gives them to the new leader)."""
+
+    def __init__(self, inner: InfluxV1Transport | InfluxV2Transport,
+                 is_leader: Callable[[], bool]) -> None:
+        self.inner = inner
+        self._is_leader = is_leader
+
+    def write(self, lines: list[str]) -> None:
+        """Send ``lines`` if this node leads; WriteError (retryable) otherwise."""
+        if not self._is_leader():
+            raise WriteError("this node is no longer the leader", retryable=True)
+        self.inner.write(lines)
+
+    def ping(self) -> None:
+        """Ping InfluxDB."""
+        self.inner.ping()
+
+    def close(self) -> None:
+        """Close the inner transport."""
+        self.inner.close()
+
+
+class Join:
+    """Runs ``callback`` once :meth:`part` was called ``parts`` times (from any threads):
+    an acknowledgement that waits for the writer *and* the alerts thread."""
+
+    def __init__(self, callback: Callable[[], None], parts: int) -> None:
+        self._callback = callback
+        self._left = parts
+        self._lock = threading.Lock()
+
+    def part(self) -> None:
+        """One part is done."""
+        with self._lock:
+            self._left -= 1
+            done = self._left == 0
+        if done:
+            self._callback()
 
 
 class Worker(Protocol):
@@ -128,8 +198,9 @@ class Service:
 
     api: ApiServer | None = None
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, term: LeaderTerm | None = None) -> None:
         self.settings = settings
+        self.term = term
         self.stats = ServiceStats()
         ck, ing = settings.clock, settings.ingest
         # timers follow wall time, or reading times for simulation/replay ([clock])
@@ -139,9 +210,11 @@ class Service:
         if settings.devices.catalogue:
             catalogue = Catalogue.load(settings.devices.catalogue, catalogue)
         settings.run_dir.mkdir(parents=True, exist_ok=True)
-        self.db = open_database(settings.database_url)
+        # active/standby: the leader's engine fences every write; the node imported the
+        # inventory and migrated the schema before it was elected (lifeline.ha)
+        self.db = term.engine if term is not None else open_database(settings.database_url)
         self.device_store = DeviceStore(self.db)
-        if settings.devices.inventory:  # the inventory file is imported into the registry
+        if settings.devices.inventory and term is None:  # imported into the registry
             self.device_store.upsert_many(read_inventory(settings.devices.inventory, catalogue))
         self.registry = CachedRegistry(self.device_store)
         series = SeriesTable()
@@ -156,17 +229,24 @@ class Service:
         self.dead_letters = DeadLetterStore(self.db, max_rows=ing.dlq_max_rows,
                                             max_payload=ing.max_payload_bytes)
         self.transport = influx_transport(settings)
-        self.spool = Spool(ing.spool_dir or settings.run_dir / "spool", ing.spool_max_bytes,
-                           fsync=ing.spool_fsync)
+        self.spool: ChunkSpool
+        transport: InfluxV1Transport | InfluxV2Transport | LeaderWriteTransport = self.transport
+        if term is None:
+            self.spool = Spool(ing.spool_dir or settings.run_dir / "spool", ing.spool_max_bytes,
+                               fsync=ing.spool_fsync)
+        else:  # what was acknowledged must survive this machine: the spool is a table
+            self.spool = DatabaseSpool(self.db, ing.spool_max_bytes)
+            transport = LeaderWriteTransport(self.transport, term.is_leader)
         inf = settings.influx
-        self.writer = InfluxWriter(self.transport, batch_lines=inf.batch_lines,
+        self.writer = InfluxWriter(transport, batch_lines=inf.batch_lines,
                                    flush_interval=inf.flush_interval, retries=inf.retries,
                                    spool=self.spool, on_written=self._on_written,
                                    on_rejected=self._on_rejected)
         self.ingest = IngestCounters()
         self.metrics = IngestCollector(self.ingest, self.writer.stats, self._ingest_gauges,
                                        lambda: self.dead_letters.evicted)
-        self.alerts = AlertsRuntime(settings, self.db, self.registry, self.writer.submit)
+        self.alerts = AlertsRuntime(settings, self.db, self.registry, self.writer.submit,
+                                    send_guard=None if term is None else self._delivery_guard)
         self.alerts.pipeline.clock = self.clock.now_ns
         self.devices = DeviceMonitor(self.device_store, self.registry, catalogue, series,
                                      self.writer.submit, settings.devices,
@@ -180,17 +260,31 @@ class Service:
             rule_timer=lambda kind, s: self.rule_evaluation.labels(kind).observe(s),
             on_decoded=self._count_decoded)
         rs = settings.rules
+        self.shared = (SharedState(self.db, term.group, term.node_id) if term is not None
+                       else None)
         self.rules = RuleUpkeep(self.pipeline, rs.paths, self.clock,
-                                settings.run_dir / rs.state_file if rs.state_file else None,
-                                tick_interval=rs.tick_interval, save_interval=rs.save_interval,
-                                on_findings=self._count_findings)
+                                settings.run_dir / rs.state_file
+                                if rs.state_file and term is None else None,
+                                tick_interval=rs.tick_interval,
+                                save_interval=(rs.save_interval if term is None
+                                               else settings.ha.state_interval),
+                                on_findings=self._count_findings, shared=self.shared)
         self.rules.restore_state(self.registry, self.db)
+        # (rule state, de-dup keys) taken between batches, once the readings and findings
+        # before that point were stored and committed (active/standby)
+        self._settled_state: tuple[RuleStateSnapshot, list[object] | None] | None = None
+        self._saver = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="state")
+        self._saving: concurrent.futures.Future[None] | None = None
+        self._rejoins = 0  # reconnect attempts while leading (leader-gated MQTT)
+        self._rejoin_at = 0.0
+        self._restore_dedup_keys()
         self.buffer = RawBuffer(wake_at=ing.batch_messages, limit=ing.raw_buffer_max)
         options = mqtt_options(settings)
         # the persistent session: lost → counted, warned, service alert (and across restarts)
         self.session_watch = SessionWatch(options, settings.run_dir, self.ingest,
                                           self.alerts.process, self.clock.now_ns)
-        options = replace(options, expect_session=self.session_watch.expected_at_start())
+        options = replace(options, expect_session=self.session_watch.expected_at_start(),
+                          leader_gated=term is not None)
         subscriber_class = ProcessSubscriber if settings.mqtt.network_process else MqttSubscriber
         self.subscriber: MqttSubscriber | ProcessSubscriber = subscriber_class(
             options, [scheme.subscription(kind) for kind in TopicKind], self.buffer)
@@ -210,7 +304,90 @@ class Service:
                          self.write_self_metrics),
             PeriodicTask("progress-log", 10.0, self._log_progress),
         ])
+        if term is not None:
+            self.tasks.add(PeriodicTask("shared-state-take", settings.ha.state_interval.seconds,
+                                        self._take_shared_state))
+            self.tasks.add(PeriodicTask("shared-state-save", 0.0, self._flush_shared_state))
+            self.tasks.add(PeriodicTask("mqtt-rejoin", 0.5, self._rejoin_if_leader))
         log.info("loaded %d devices, %d rules", len(self.registry), len(rules.rules))
+
+    def _delivery_guard(self) -> None:
+        """Raise DeliveryError (retry later) unless this node still leads."""
+        if self.term is not None and not self.term.is_leader():
+            raise DeliveryError("this node is no longer the leader", retryable=True)
+
+    def _restore_dedup_keys(self) -> None:
+        """The recent reading keys the last leader saved (active/standby)."""
+        dedup = self.pipeline.decoder.dedup
+        if self.shared is None or dedup is None:
+            return
+        try:
+            saved = self.shared.load(DEDUP_KEYS)
+        except StateError as exc:
+            log.error("de-duplication keys not restored: %s", exc)
+            return
+        if saved is not None:
+            keys = keys_from_json(saved.body)
+            dedup.remember(keys)
+            log.info("restored %d de-duplication keys saved by %s", len(keys), saved.node_id)
+
+    def _flush_shared_state(self) -> None:
+        """Hand the state :meth:`_take_shared_state` took, once it has settled, to the
+        saver thread (serialising and compressing it is off the ingest thread)."""
+        if self._settled_state is None or self.shared is None:
+            return
+        if self._saving is not None and not self._saving.done():
+            return  # the previous save is still running: this one waits a pass
+        settled, self._settled_state = self._settled_state, None
+        self._saving = self._saver.submit(self._save_settled, *settled)
+
+    def _save_settled(self, snapshot: RuleStateSnapshot, keys: list[object] | None) -> None:
+        assert self.shared is not None
+        try:
+            self.shared.save(RULE_STATE, snapshot.to_bytes(compress=True))
+            if keys is not None:
+                self.shared.save(DEDUP_KEYS, keys_to_json(keys))
+        except (LifelineError, OSError) as exc:  # NotLeader included: nothing written
+            log.error("cannot save the rule state and de-duplication keys: %s", exc)
+
+    def _take_shared_state(self) -> None:
+        """Active/standby: take the state of now, to be saved once it has *settled*.
+
+        The rule state and the recent de-duplication keys are taken between two batches
+        and saved only when the writer has stored every reading before that point and the
+        alerts thread has committed every finding before it: a document saved earlier
+        would make the next leader skip readings (as duplicates, or as older than the rule
+        state) whose messages the broker gives it again because they were never
+        acknowledged.
+        """
+        if self.shared is None:
+            return
+        snapshot = self.pipeline.engine.snapshot_state()
+        dedup = self.pipeline.decoder.dedup
+        n = self.settings.ha.dedup_keys
+        keys = dedup.recent(n) if dedup is not None and n else None
+
+        def settle() -> None:
+            self._settled_state = (snapshot, keys)
+
+        join = Join(settle, 2)
+        self.writer.submit([], join.part)
+        self.alerts.after_applied(join.part)
+
+    def _rejoin_if_leader(self) -> None:
+        """The MQTT connection was lost (broker restart, or a stale node took the session
+        for a moment): connect again while this node leads, with backoff."""
+        if self.term is None or not getattr(self.subscriber, "yielded", False):
+            self._rejoins, self._rejoin_at = 0, 0.0
+            return
+        if not self.term.is_leader() or time.monotonic() < self._rejoin_at:
+            return
+        self._rejoins += 1
+        if self._rejoins > 1:
+            log.info("MQTT: reconnecting (attempt %d) while this node leads", self._rejoins)
+        self.subscriber.rejoin()
+        # 1, 2, 4 … 30 s between attempts, as paho's own reconnect delay would be
+        self._rejoin_at = time.monotonic() + _REJOIN_BACKOFF.nominal(self._rejoins)
 
     def _on_written(self, lines: int) -> None:
         self.stats.stored_lines += lines
@@ -240,8 +417,9 @@ class Service:
             "network_process_restarts": float(getattr(self.subscriber, "restarts", 0)),
         }
 
-    def start(self) -> None:
-        """Reach InfluxDB and the broker (with retries), then start the workers and API."""
+    def start(self, api: bool = True) -> None:
+        """Reach InfluxDB and the broker (with retries), then start the workers and (with
+        ``api``) the API."""
         self._wait_for_influx()
         self.dead_letters.reset_replays()
         self.metrics.register()
@@ -250,17 +428,24 @@ class Service:
         for worker in self.workers:
             worker.start()
         self.subscriber.start()
-        if self.settings.api.enabled:
-            app = create_app(
-                self.settings, self.db, self.ready_checks(),
-                device_cache=self.registry,  # the devices API refreshes it on changes
-                case_book=self.alerts.case_book(),  # case actions write lifeline_case
-                outbox_wake=self.alerts.wake,
-                rule_engine=self.pipeline.engine,  # GET /api/v1/rules
-                rules_reload=self.reload_rules,  # POST /api/v1/rules/reload
-                collectors=[RuntimeCollector(self.rule_evaluation, self.alerts.worker)])
-            self.api = ApiServer(app, self.settings.api.host, self.settings.api.port)
+        if self.settings.api.enabled and api:
+            self.api = ApiServer(self.create_app(), self.settings.api.host,
+                                 self.settings.api.port)
             self.api.start()
+
+    def create_app(self, engine: Engine | None = None, ha: HaView | None = None,
+                   extra_collectors: Sequence[Collector] = ()) -> FastAPI:
+        """The API app over this service's runtime objects (``engine``: the database the
+        API reads and writes, default the service's)."""
+        return create_app(
+            self.settings, engine or self.db, self.ready_checks(),
+            device_cache=self.registry,  # the devices API refreshes it on changes
+            case_book=self.alerts.case_book(),  # case actions write lifeline_case
+            outbox_wake=self.alerts.wake,
+            rule_engine=self.pipeline.engine,  # GET /api/v1/rules
+            rules_reload=self.reload_rules,  # POST /api/v1/rules/reload
+            collectors=[RuntimeCollector(self.rule_evaluation, self.alerts.worker),
+                        *extra_collectors], ha=ha)
 
     def ready_checks(self) -> dict[str, ReadyCheck]:
         """Readiness of each dependency, for ``/readyz``."""
@@ -276,15 +461,7 @@ class Service:
                 return False, str(exc)
             return True, "answering"
 
-        def database() -> tuple[bool, str]:
-            try:
-                with self.db.connect() as conn:
-                    conn.exec_driver_sql("SELECT 1")
-            except Exception as exc:
-                return False, type(exc).__name__
-            return True, "answering"
-
-        return {"broker": broker, "influxdb": influx, "database": database}
+        return {"broker": broker, "influxdb": influx, "database": database_check(self.db)}
 
     def _wait_for_influx(self) -> None:
         inf = self.settings.influx
@@ -323,7 +500,18 @@ class Service:
             acks = [m for m in messages if m.qos]
             if acks:
                 callback = functools.partial(self.subscriber.ack, acks)
-        out = self.pipeline.step(messages, callback)
+        if self.term is not None and callback is not None:
+            # active/standby: acknowledge once the readings are stored *and* the alert
+            # transitions they caused are committed — a leader lost in between leaves the
+            # messages to the broker, and the next leader evaluates them again
+            join = Join(callback, 2)
+            out = self.pipeline.step(messages, join.part)
+            if out.rule_findings or out.device_findings:
+                self.alerts.after_applied(join.part)
+            else:
+                join.part()
+        else:
+            out = self.pipeline.step(messages, callback)
         if replayed is None and len(out.decoded.batch):
             self._heard_on_connect = connects
         self.stats.findings += out.rule_findings
@@ -423,12 +611,25 @@ class Service:
         self.subscriber.pause()
         while self.step():
             pass
+        if self._saving is not None:  # a periodic save still running finishes first
+            concurrent.futures.wait([self._saving], timeout=30)
+        self._saver.shutdown(wait=False)
         self.rules.save_state()
         self.write_self_metrics()
-        self.devices.flush()
+        try:
+            self.devices.flush()
+        except LifelineError as exc:  # NotLeader: the next leader has the status it saved
+            log.error("device status not saved at shutdown: %s", exc)
         for worker in self.workers:  # alerts: last clock tick, then webhooks that are due
             worker.stop()
         self.writer.stop()
+        dedup = self.pipeline.decoder.dedup
+        if self.shared is not None and dedup is not None and self.settings.ha.dedup_keys:
+            try:  # every reading is stored now: the next leader gets the latest keys
+                self.shared.save(DEDUP_KEYS, keys_to_json(dedup.recent(
+                    self.settings.ha.dedup_keys)))
+            except (LifelineError, OSError) as exc:
+                log.error("cannot save de-duplication keys: %s", exc)
         if self.subscriber.connected:  # the session stays on the broker for the next run
             self.session_watch.record()
         self.subscriber.stop()
@@ -438,6 +639,20 @@ class Service:
         log.info("stopped: received=%d stored=%d dead=%d findings=%d",
                  self.stats.received, self.stats.stored_lines, self.stats.dead_lettered,
                  self.stats.findings)
+
+
+def database_check(engine: Engine) -> ReadyCheck:
+    """The ``/readyz`` check of the service database: a ``SELECT 1``."""
+
+    def database() -> tuple[bool, str]:
+        try:
+            with engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+        except Exception as exc:  # reported, not raised
+            return False, type(exc).__name__
+        return True, "answering"
+
+    return database
 
 
 def influx_transport(settings: Settings) -> InfluxV1Transport | InfluxV2Transport:

@@ -430,11 +430,23 @@ class HaSettings(_Section):
     enabled: bool = False
     group: str = Field(default="lifeline", min_length=1, max_length=64)
     node_id: str = Field(default="", max_length=128)  # empty: hostname-pid
-    lease: Duration = Duration("9s")  # + poll 1 s: a takeover within 10 s
+    lease: Duration = Duration("8s")  # + poll 0.5 s + start-up: serving within 10 s
     renew_interval: Duration = Duration("2s")
-    poll_interval: Duration = Duration("1s")
+    poll_interval: Duration = Duration("500ms")
+    # the API URL the other nodes forward writes to (empty: http://<hostname>:<api.port>)
+    advertise_url: str = Field(default="", max_length=512)
+    # rule state and recent de-duplication keys saved to the database this often
+    state_interval: Duration = Duration("5s")
+    dedup_keys: int = Field(default=20_000, ge=0, le=1_000_000)  # keys saved (most recent)
 
-    @field_validator("lease", "renew_interval", "poll_interval")
+    @field_validator("advertise_url")
+    @classmethod
+    def _advertise_url(cls, v: str) -> str:
+        if v and not (v.startswith("http://") or v.startswith("https://")):
+            raise ValueError("must be an http:// or https:// URL (or empty)")
+        return v.rstrip("/")
+
+    @field_validator("lease", "renew_interval", "poll_interval", "state_interval")
     @classmethod
     def _duration(cls, v: Duration) -> Duration:
         if not 0 < v.ns <= 3600 * 1_000_000_000:
@@ -484,6 +496,23 @@ class Settings(BaseSettings):
     def database_url(self) -> str:
         """The database URL, defaulting to a SQLite file in the run directory."""
         return self.database.url or f"sqlite:///{self.run_dir / 'lifeline.db'}"
+
+    @model_validator(mode="after")
+    def _ha_needs_a_shared_session(self) -> Settings:
+        # a takeover hands the broker's queue to the next leader: only a persistent
+        # session, owned by the service and not shared with other consumers, has one
+        if self.ha.enabled:
+            m = self.mqtt
+            if m.clean_start or (m.protocol == 5 and m.session_expiry.ns == 0):
+                raise ValueError("ha.enabled needs a persistent MQTT session "
+                                 "(mqtt.clean_start = false and mqtt.session_expiry > 0)")
+            if m.shared_group:
+                raise ValueError("ha.enabled: active/standby is one consumer; "
+                                 "mqtt.shared_group must be empty")
+            if m.qos == 0:
+                raise ValueError("ha.enabled needs mqtt.qos 1 or 2 (QoS 0 is never queued "
+                                 "nor redelivered across a takeover)")
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -626,6 +655,10 @@ def risky_settings(settings: Settings) -> list[str]:
     if (inf.password.get_secret_value() or inf.token.get_secret_value()) \
             and _plain_http_to_remote(inf.url):
         found.append("influx credentials are sent over plain http:// to another host")
+    if settings.ha.enabled and settings.database_url.startswith("sqlite"):
+        found.append("ha.enabled with a SQLite database: the lease and the fencing hold for "
+                     "nodes on this one machine only; nodes on several machines need "
+                     "PostgreSQL (database.url)")
     graf = settings.grafana
     if graf.token.get_secret_value() and graf.url and _plain_http_to_remote(graf.url):
         found.append("grafana.token is sent over plain http:// to another host")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -90,3 +91,24 @@ class HttpNotifier:
     def close(self) -> None:
         """Close the HTTP client."""
         self._client.close()
+
+
+class GuardedNotifier:
+    """A notifier that asks ``guard`` right before each send (active/standby: a node
+    that no longer leads sends nothing; ``guard`` raises :class:`DeliveryError`)."""
+
+    def __init__(self, inner: Notifier, guard: Callable[[], None]) -> None:
+        self.inner = inner
+        self.url: str = getattr(inner, "url", "")
+        self._guard = guard
+
+    def send(self, event: WebhookEvent) -> None:
+        """Deliver ``event`` if the guard lets it."""
+        self._guard()
+        self.inner.send(event)
+
+    def close(self) -> None:
+        """Close the inner notifier's client."""
+        close = getattr(self.inner, "close", None)
+        if close is not None:
+            close()

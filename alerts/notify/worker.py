@@ -102,6 +102,9 @@ class NotifyWorker:
         self.runners = {c.name: _Runner(c, lim, batch) for c, lim, batch in channels}
         self._rng = random.Random(seed)
         self._stop = threading.Event()
+        # active/standby: raises DeliveryError unless this node still leads (checked
+        # right before each send)
+        self.guard: Callable[[], None] | None = None
 
     def stats(self, name: str) -> ChannelStats:
         """Counters of channel ``name``."""
@@ -188,6 +191,8 @@ class NotifyWorker:
         try:
             message = self.renderer.render([(d.event, d.payload) for d in group])
             runner.limiter.take(attempt_now / 1e9)
+            if self.guard is not None:
+                self.guard()
             runner.channel.send(message)
         except DeliveryError as exc:
             self._failed(runner, group, exc)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Protocol
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -24,6 +24,25 @@ if TYPE_CHECKING:
 _bearer = HTTPBearer(auto_error=False)
 
 ReadyCheck = Callable[[], tuple[bool, str]]
+
+
+class HaView(Protocol):
+    """Leadership as the API sees it (active/standby HA, docs/operations.md): a node
+    that is not leader forwards writes to the leader's advertised URL."""
+
+    @property
+    def node_id(self) -> str:
+        """This node's id (``ha.node_id``)."""
+        ...
+
+    def is_leader(self) -> bool:
+        """Whether this node leads now (cheap: no database round trip)."""
+        ...
+
+    def leader_api_url(self) -> str | None:
+        """The API URL the current leader advertised; None when there is no leader or it
+        advertised none (may query the database: blocking)."""
+        ...
 
 
 @dataclass(slots=True)
@@ -53,6 +72,7 @@ class ApiContext:
     rules_reload: Callable[[], tuple[int, int]] | None = None  # POST /api/v1/rules/reload
     case_book: CaseBook | None = None  # case actions (writes lifeline_case lines)
     outbox_wake: Callable[[], None] | None = None  # new outbox rows were committed
+    ha: HaView | None = None  # active/standby HA: role on /readyz, writes forwarded
     caches: ApiCaches = field(default_factory=ApiCaches)
 
     def wake_outbox(self) -> None:

@@ -22,12 +22,16 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz", responses={503: {"description": "a dependency is not ready"}})
 def readyz(ctx: Ctx) -> JSONResponse:
-    """Ready when every registered readiness check passes."""
+    """Ready when every registered readiness check passes; with HA, the body also names
+    this node's ``role`` (``leader`` or ``standby``) and its ``node`` id."""
     registered = ctx.ready_checks.items()
     checks: dict[str, Any] = {name: check() for name, check in registered}
     ready = all(ok for ok, _ in checks.values())
     details = {k: {"ok": ok, "detail": mask_urls(str(d))} for k, (ok, d) in checks.items()}
-    body = {"ready": ready, "checks": details}
+    body: dict[str, Any] = {"ready": ready, "checks": details}
+    if ctx.ha is not None:
+        body["role"] = "leader" if ctx.ha.is_leader() else "standby"
+        body["node"] = ctx.ha.node_id
     return JSONResponse(body, status_code=200 if ready else 503)
 
 

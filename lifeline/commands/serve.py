@@ -15,7 +15,7 @@ from lifeline.commands.common import CommandError, settings_from
 from lifeline.db import DatabaseError
 from lifeline.logs import setup_logging
 from lifeline.service import Service, StartupError
-from lifeline.settings import risky_settings, secret_values
+from lifeline.settings import Settings, risky_settings, secret_values
 from rules.errors import RulesError
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,8 @@ def serve_command(args: argparse.Namespace) -> int:
                   settings.log_format, secret_values(settings))
     for warning in risky_settings(settings):
         log.warning("risky setting: %s", warning)
+    if settings.ha.enabled:
+        return _serve_ha(settings)
     try:
         service = Service(settings)
         tune_gc_for_throughput()
@@ -58,3 +60,33 @@ def serve_command(args: argparse.Namespace) -> int:
              settings.influx.url, settings.influx.database)
     service.run(stop)
     return 0
+
+
+def _serve_ha(settings: Settings) -> int:
+    """One node of an active/standby group (lifeline.ha): API and elector; the service
+    while it leads. Exits with 75 when it loses the lease."""
+    from lifeline.ha import HaNode  # noqa: PLC0415 - only with [ha] enabled
+
+    try:
+        node = HaNode(settings)
+    except (IngestError, RulesError, DevicesError, DatabaseError) as exc:
+        raise CommandError(f"cannot start: {exc}", code=3) from exc
+    tune_gc_for_throughput()
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("signal %s: shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    def on_hangup(signum: int, frame: FrameType | None) -> None:
+        if node.service is not None:
+            log.info("SIGHUP: reloading rule files")
+            node.service.request_rules_reload()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hangup)
+    try:
+        return node.run(stop)
+    except (StartupError, IngestError, RulesError, DevicesError, DatabaseError) as exc:
+        raise CommandError(f"cannot start: {exc}", code=3) from exc

@@ -1,5 +1,6 @@
 """``lifeline status [--json]``: the nodes of the service group, the leader, its fencing
-token, the lease's age and the last takeover (read from the service database)."""
+token, the lease's age, the last takeover and each node's API URL (where the others
+forward writes), read from the service database."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import orjson
 from lifeline.commands.common import CommandError, settings_from
 from lifeline.db import DatabaseError, open_database
 from lifeline.leadership import NS, LeaderLease, LeaseError, default_node_id
+from lifeline.redaction import mask_urls
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -40,6 +42,7 @@ def cluster_status(lease: LeaderLease) -> dict[str, Any]:
         "nodes": [{"node_id": n.node_id, "host": n.host, "pid": n.pid, "role": n.role,
                    "last_seen_ns": n.last_seen_ns, "started_ns": n.started_ns,
                    "last_takeover_ns": n.last_takeover_ns,
+                   "api_url": None if n.api_url is None else mask_urls(n.api_url),
                    "seen_ago_s": None if now_ns is None else (now_ns - n.last_seen_ns) / NS}
                   for n in nodes],
     }
@@ -76,7 +79,8 @@ def status_command(args: argparse.Namespace) -> int:
         print(f"last takeover: {_iso(doc['last_takeover_ns'])}")
     for n in doc["nodes"]:
         seen = "" if n["seen_ago_s"] is None else f"  seen {n['seen_ago_s']:.1f}s ago"
-        print(f"  {n['node_id']:<32} {n['role']:<8} {n['host']} pid {n['pid']}{seen}")
+        api = f"  api {n['api_url']}" if n["api_url"] else "  api -"
+        print(f"  {n['node_id']:<32} {n['role']:<8} {n['host']} pid {n['pid']}{seen}{api}")
     return 0
 
 

@@ -19,18 +19,21 @@ from pathlib import Path
 import orjson
 import pytest
 import sqlalchemy as sa
+from prometheus_client import CollectorRegistry, generate_latest
 from sqlalchemy.engine import Engine
 
 from bench.soak import TcpProxy
 from lifeline import cli
-from lifeline.db import open_database
+from lifeline.db import migrate, open_database, schema_components, schema_versions
 from lifeline.leadership import (
+    MIGRATIONS,
     NS,
     LeaderElector,
     LeaderLease,
     NotLeader,
     lease_engine,
 )
+from lifeline.metrics import HaCollector
 from tests.integration.ha_child import GROUP, fenced_write, ha_writes, writes_meta
 
 pytestmark = pytest.mark.integration
@@ -431,12 +434,15 @@ def test_slow_database_does_not_flap(db_url: str, engine: Engine) -> None:
 
 def test_status_command_shows_nodes_and_leader(db_url: str, engine: Engine, tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
-    """``lifeline status --json`` reads the tables: both nodes, the leader and its token."""
+    """``lifeline status --json`` reads the tables: both nodes with their API URLs, the
+    leader and its token; a first election is no takeover, a lease left to expire is."""
     config = tmp_path / "lifeline.toml"
     config.write_text(f'run_dir = "{tmp_path}"\n[database]\nurl = "{db_url}"\n'
                       f'[ha]\nenabled = true\ngroup = "{GROUP}"\n')
     events: list[tuple[float, str, str]] = []
     first, second = (_elector(_lease(db_url, n), events) for n in ("a", "b"))
+    first.api_url = "http://host-a:8080"
+    second.api_url = "http://operator:s3cret@host-b:8080"
     first.start()
     _wait(lambda: first.is_leader, 5)
     second.start()
@@ -446,12 +452,192 @@ def test_status_command_shows_nodes_and_leader(db_url: str, engine: Engine, tmp_
         doc = orjson.loads(capsys.readouterr().out)
         assert doc["leader"]["node_id"] == "a" and doc["leader"]["token"] == 1
         assert 0 <= doc["leader"]["lease_age_s"] < 5
-        assert {n["node_id"]: n["role"] for n in doc["nodes"]} == {"a": "leader",
-                                                                   "b": "standby"}
-        assert doc["last_takeover_ns"] is not None
+        assert {n["node_id"]: (n["role"], n["api_url"]) for n in doc["nodes"]} == {
+            "a": ("leader", "http://host-a:8080"),
+            "b": ("standby", "http://operator:********@host-b:8080")}
+        assert doc["last_takeover_ns"] is None  # the lease was free: no takeover
         assert cli.main(["--config", str(config), "status"]) == 0
         text = capsys.readouterr().out
         assert "leader: a  token 1" in text and "standby" in text
+        assert "api http://host-a:8080" in text and "s3cret" not in text
+        first.stop(release=False)  # killed: b takes the expired lease over
+        _wait(lambda: second.is_leader, LEASE_S + POLL_S + 3)
+        time.sleep(0.3)  # the takeover's heartbeat
+        assert cli.main(["--config", str(config), "status", "--json"]) == 0
+        doc = orjson.loads(capsys.readouterr().out)
+        assert doc["leader"]["node_id"] == "b" and doc["leader"]["token"] == 2
+        nodes = {n["node_id"]: n for n in doc["nodes"]}
+        assert nodes["a"]["last_takeover_ns"] is None
+        assert doc["last_takeover_ns"] == nodes["b"]["last_takeover_ns"] is not None
+        assert cli.main(["--config", str(config), "status"]) == 0
+        assert "last takeover:" in capsys.readouterr().out
     finally:
         second.stop()
         first.stop()
+
+
+# --------------------------------------------------------------------------- the API's view
+
+
+def test_previous_holder_tells_a_takeover_from_a_clean_handover(db_url: str,
+                                                                engine: Engine) -> None:
+    """``previous_holder``: None for a free row and after a release, the old holder when
+    its lease expired; a failed acquire leaves it alone."""
+    a, b = _lease(db_url, "a", lease_s=0.4), _lease(db_url, "b", lease_s=0.4)
+    token = a.try_acquire()
+    assert token == 1 and a.previous_holder is None  # never held
+    assert b.try_acquire() is None and b.previous_holder is None
+    assert a.release(token)
+    assert b.try_acquire() == 2 and b.previous_holder is None  # released cleanly
+    time.sleep(0.5)
+    assert a.try_acquire() == 3 and a.previous_holder == "b"  # b's lease expired
+    assert a.renew(3)
+    assert b.try_acquire() is None and b.previous_holder is None
+    time.sleep(0.5)
+    assert a.try_acquire() == 4 and a.previous_holder == "a"  # our own, expired
+
+
+def test_electors_count_takeovers_not_clean_elections(db_url: str, engine: Engine) -> None:
+    """Elections after a release are no takeovers; one after a killed leader is, and the
+    new leader's previous_holder names it."""
+    events: list[tuple[float, str, str]] = []
+    a, b = (_elector(_lease(db_url, n), events) for n in ("a", "b"))
+    try:
+        a.start()
+        _wait(lambda: a.is_leader, 5)
+        assert (a.elections, a.takeovers, a.previous_holder) == (1, 0, None)
+        assert 0 < a.remaining_s() <= LEASE_S - a.margin_s
+        b.start()
+        assert b.remaining_s() == 0.0
+        a.stop(release=True)
+        _wait(lambda: b.is_leader, 5)
+        assert (b.elections, b.takeovers, b.previous_holder) == (1, 0, None)
+        assert a.remaining_s() == 0.0 and a.demotions == 1
+        b.stop(release=False)
+        c = _elector(_lease(db_url, "c"), events)
+        c.start()
+        try:
+            _wait(lambda: c.is_leader, LEASE_S + POLL_S + 3)
+            assert (c.elections, c.takeovers, c.previous_holder) == (1, 1, "b")
+        finally:
+            c.stop()
+    finally:
+        b.stop()
+        a.stop()
+
+
+def test_leader_api_url_is_the_unexpired_holders(db_url: str, engine: Engine) -> None:
+    """The URL of the node holding an unexpired lease; None without a lease, after it
+    expired or was released, and when the holder advertised none."""
+    a, b = _lease(db_url, "a", lease_s=0.4), _lease(db_url, "b", lease_s=0.4)
+    assert a.leader_api_url() is None  # no lease row yet
+    a.heartbeat("standby", started_ns=1, api_url="http://host-a:8080")
+    b.heartbeat("standby", started_ns=1, api_url="http://host-b:8080")
+    assert a.leader_api_url() is None  # nobody leads
+    token = a.try_acquire()
+    assert token is not None
+    assert a.leader_api_url() == b.leader_api_url() == "http://host-a:8080"
+    a.heartbeat("leader", started_ns=1)  # advertises no URL (API disabled)
+    assert b.leader_api_url() is None
+    a.heartbeat("leader", started_ns=1, api_url="http://host-a:9090")
+    assert b.leader_api_url() == "http://host-a:9090"
+    time.sleep(0.5)
+    assert b.leader_api_url() is None  # expired
+    token = b.try_acquire()
+    assert token is not None and a.leader_api_url() == "http://host-b:8080"
+    assert b.release(token)
+    assert a.leader_api_url() is None
+    # another group's leader is not ours
+    other = LeaderLease(a.engine, "other-group", "x", int(5 * NS))
+    other.heartbeat("leader", started_ns=1, api_url="http://host-x:1")
+    assert other.try_acquire() is not None
+    assert a.leader_api_url() is None and other.leader_api_url() == "http://host-x:1"
+    assert {n.node_id: n.api_url for n in a.nodes()} == {"a": "http://host-a:9090",
+                                                         "b": "http://host-b:8080"}
+
+
+def test_a_database_at_leadership_version_1_gains_api_url(db_url: str) -> None:
+    """A database created before ``api_url`` (leadership at version 1, a node recorded) is
+    upgraded in place: the row is kept and the column is there to write and read."""
+    v1 = sa.MetaData()
+    sa.Table("leader_lease", v1,
+             sa.Column("group_name", sa.String(64), primary_key=True),
+             sa.Column("holder", sa.String(128), nullable=True),
+             sa.Column("token", sa.BigInteger, nullable=False),
+             sa.Column("acquired_ns", sa.BigInteger, nullable=False),
+             sa.Column("renewed_ns", sa.BigInteger, nullable=False),
+             sa.Column("expires_ns", sa.BigInteger, nullable=False))
+    nodes_v1 = sa.Table("cluster_nodes", v1,
+                        sa.Column("node_id", sa.String(128), primary_key=True),
+                        sa.Column("group_name", sa.String(64), nullable=False),
+                        sa.Column("host", sa.String(255), nullable=False),
+                        sa.Column("pid", sa.Integer, nullable=False),
+                        sa.Column("role", sa.String(16), nullable=False),
+                        sa.Column("last_seen_ns", sa.BigInteger, nullable=False),
+                        sa.Column("started_ns", sa.BigInteger, nullable=False),
+                        sa.Column("last_takeover_ns", sa.BigInteger, nullable=True))
+    old = sa.create_engine(db_url)
+    migrate(old, {})  # the versions table
+    with old.begin() as conn:
+        v1.create_all(conn)
+        conn.execute(nodes_v1.insert().values(node_id="old", group_name=GROUP, host="h",
+                                              pid=1, role="standby", last_seen_ns=5,
+                                              started_ns=1, last_takeover_ns=None))
+        conn.execute(schema_versions.insert().values(component="leadership", version=1))
+    old.dispose()
+    eng = open_database(db_url)
+    try:
+        with eng.connect() as conn:
+            version = conn.execute(sa.select(schema_versions.c.version).where(
+                schema_versions.c.component == "leadership")).scalar_one()
+        assert version == MIGRATIONS[-1][0] >= 2
+        lease = LeaderLease(eng, GROUP, "old", int(5 * NS))
+        assert [(n.node_id, n.last_seen_ns, n.api_url) for n in lease.nodes()] == [
+            ("old", 5, None)]
+        lease.heartbeat("leader", started_ns=1, api_url="http://old:8080")
+        assert lease.try_acquire() == 1
+        assert lease.leader_api_url() == "http://old:8080"
+        assert migrate(eng, schema_components())["leadership"] == version  # idempotent
+    finally:
+        eng.dispose()
+
+
+def test_ha_collector_reports_the_electors_state(db_url: str, engine: Engine) -> None:
+    """The gauges and counters follow the elector: standby, leader with its token and
+    time left, then a takeover by the other node and a demotion."""
+    events: list[tuple[float, str, str]] = []
+    a, b = (_elector(_lease(db_url, n), events) for n in ("a", "b"))
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(HaCollector(a))
+    registry.register(HaCollector(b))
+
+    def value(name: str, node: str) -> float | None:
+        return registry.get_sample_value(name, {"node": node})
+
+    try:
+        assert value("lifeline_ha_leader", "a") == 0.0
+        assert value("lifeline_ha_token", "a") == 0.0
+        assert value("lifeline_ha_lease_remaining_seconds", "a") == 0.0
+        a.start()
+        _wait(lambda: a.is_leader, 5)
+        b.start()
+        assert value("lifeline_ha_leader", "a") == 1.0
+        assert value("lifeline_ha_token", "a") == 1.0
+        remaining = value("lifeline_ha_lease_remaining_seconds", "a")
+        assert remaining is not None and 0 < remaining <= LEASE_S
+        assert value("lifeline_ha_takeovers_total", "a") == 0.0  # a free lease
+        assert value("lifeline_ha_leader", "b") == 0.0
+        a.stop(release=False)
+        _wait(lambda: b.is_leader, LEASE_S + POLL_S + 3)
+        assert value("lifeline_ha_leader", "a") == 0.0
+        assert value("lifeline_ha_demotions_total", "a") == 1.0
+        assert value("lifeline_ha_leader", "b") == 1.0
+        assert value("lifeline_ha_token", "b") == 2.0
+        assert value("lifeline_ha_takeovers_total", "b") == 1.0
+        assert value("lifeline_ha_demotions_total", "b") == 0.0
+        text = generate_latest(registry).decode()
+        assert 'lifeline_ha_takeovers_total{node="b"} 1.0' in text
+        assert "# TYPE lifeline_ha_leader gauge" in text
+    finally:
+        b.stop()
+        a.stop()

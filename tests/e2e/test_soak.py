@@ -25,7 +25,7 @@ FAULTS = ["broker_restart", "influxdb_stopped", "database_unavailable", "webhook
 
 def soak(database: str) -> dict:  # type: ignore[type-arg]
     proc = subprocess.run(
-        [sys.executable, "-m", "lifeline", "bench", "soak", "--json", "--minutes", "1.25",
+        [sys.executable, "-m", "lifeline", "bench", "soak", "--json", "--minutes", "1.0",
          "--rate", "2000", "--devices", "1000", "--window", "5", "--database", database],
         capture_output=True, env=clean_env(), timeout=400, check=False)
     assert proc.returncode == 0, proc.stderr.decode()[-4000:]

@@ -64,7 +64,8 @@ def test_failover_kill_freeze_cutoff_under_load_loses_nothing(
         pytest.skip(_PG_UNAVAILABLE)
     # a 4 s lease (the benchmark measures the defaults): the invariants do not depend on it
     options = Options(["kill", "freeze", "cutoff"], rate=2_000.0, freeze_s=30.0,
-                      lease="4s", renew_interval="1s", poll_interval="250ms")
+                      lease="4s", renew_interval="1s", poll_interval="250ms",
+                      warmup_s=10.0, settle_s=1.0)
     result = run_failover(options, tmp_path / "run", broker.info.port, influxdb.info.url,
                           influx_db)
     print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())  # shown on failure

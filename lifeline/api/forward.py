@@ -77,8 +77,15 @@ FORWARD_ERRORS: Final[dict[int | str, dict[str, str]]] = {
 }
 
 
+# reads of what only the leader holds in memory (its running rule engine): a standby
+# has none, so it asks the leader
+LEADER_READS: Final = frozenset({"/api/v1/rules"})
+
+
 def forwarded(method: str, path: str) -> bool:
     """Whether a standby passes a request of ``method`` on ``path`` to the leader."""
+    if method == "GET" and path in LEADER_READS:
+        return True
     return method in WRITE_METHODS and path.startswith(PREFIX)
 
 

@@ -167,6 +167,13 @@ class Catalogue:
         return cls.from_toml(text, source="devices/catalogue.toml")
 
     @classmethod
+    def with_file(cls, path: Path | None) -> Catalogue:
+        """The built-in catalogue, extended by the operator's file ``path`` if one is set
+        (``devices.catalogue``)."""
+        catalogue = cls.builtin()
+        return cls.load(path, catalogue) if path else catalogue
+
+    @classmethod
     def load(cls, path: Path, base: Catalogue | None = None) -> Catalogue:
         """Load an operator catalogue file; its types extend or replace ``base``."""
         try:

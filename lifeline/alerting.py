@@ -120,10 +120,9 @@ class AlertsRuntime:
                                        config=delivery_config(settings))
         # notification channels: rows routed beside the webhook's, sent by their own worker
         # (a delivery worker of the service: lifeline.service.Service.workers)
-        self.notify = notify_runtime(settings.notify, engine, registry)
+        self.notify = notify_runtime(settings.notify, engine, registry, send_guard)
         if self.notify is not None:
             self.pipeline.cases.fanout = self.notify.router
-            self.notify.worker.guard = send_guard
         self._stop = threading.Event()
         # findings in order; a callable is a marker: run once everything before it is applied
         self._queue: queue.Queue[list[Finding] | Callable[[], None]] = queue.Queue()

@@ -260,10 +260,8 @@ class HaNode:
         s = self.settings
         if not s.devices.inventory:
             return
-        catalogue = Catalogue.builtin()
-        if s.devices.catalogue:
-            catalogue = Catalogue.load(s.devices.catalogue, catalogue)
-        DeviceStore(self.plain).upsert_many(read_inventory(s.devices.inventory, catalogue))
+        DeviceStore(self.plain).upsert_many(read_inventory(
+            s.devices.inventory, Catalogue.with_file(s.devices.catalogue)))
 
 
 __all__ = ["EXIT_DEMOTED", "NS", "TAKEOVER_RULE", "HaNode", "SwitchableApp", "fenced_engine"]

@@ -4,6 +4,7 @@ acknowledge links and the channel worker (docs/notifications.md)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy.engine import Engine
@@ -91,14 +92,15 @@ class NotifyRuntime:
     worker: NotifyWorker
 
 
-def notify_runtime(n: NotifySettings, engine: Engine,
-                   registry: DeviceLookup | None) -> NotifyRuntime | None:
-    """Everything notifications need, or None without channels."""
+def notify_runtime(n: NotifySettings, engine: Engine, registry: DeviceLookup | None,
+                   guard: Callable[[], None] | None = None) -> NotifyRuntime | None:
+    """Everything notifications need, or None without channels (``guard``: see
+    :class:`~alerts.notify.worker.NotifyWorker`)."""
     if not n.channels:
         return None
     config = DeliveryConfig(max_age_ns=n.max_age.ns, base_delay_s=n.base_delay,
                             max_delay_s=n.max_delay)
     worker = NotifyWorker(engine, renderer(n, registry),
                           [(build_channel(c), limiter(c), c.max_batch) for c in n.channels],
-                          config=config)
+                          config=config, guard=guard)
     return NotifyRuntime(router(n), worker)

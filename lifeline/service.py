@@ -206,9 +206,7 @@ class Service:
         # timers follow wall time, or reading times for simulation/replay ([clock])
         self.clock = ServiceClock(ck.source, parse_instant_ns(ck.start) if ck.start else None,
                                   ing.max_future.ns)
-        catalogue = Catalogue.builtin()
-        if settings.devices.catalogue:
-            catalogue = Catalogue.load(settings.devices.catalogue, catalogue)
+        catalogue = Catalogue.with_file(settings.devices.catalogue)
         settings.run_dir.mkdir(parents=True, exist_ok=True)
         # active/standby: the leader's engine fences every write; the node imported the
         # inventory and migrated the schema before it was elected (lifeline.ha)

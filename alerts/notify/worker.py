@@ -94,7 +94,8 @@ class NotifyWorker:
     def __init__(self, engine: Engine, renderer: Renderer,
                  channels: Sequence[tuple[Channel, RateLimiter, int]], *,
                  config: DeliveryConfig | None = None,
-                 clock: Callable[[], int] = time.time_ns, seed: int | None = None) -> None:
+                 clock: Callable[[], int] = time.time_ns, seed: int | None = None,
+                 guard: Callable[[], None] | None = None) -> None:
         self.engine = engine
         self.renderer = renderer
         self.config = config or DeliveryConfig()
@@ -104,7 +105,7 @@ class NotifyWorker:
         self._stop = threading.Event()
         # active/standby: raises DeliveryError unless this node still leads (checked
         # right before each send)
-        self.guard: Callable[[], None] | None = None
+        self.guard = guard
 
     def stats(self, name: str) -> ChannelStats:
         """Counters of channel ``name``."""

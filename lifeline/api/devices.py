@@ -193,9 +193,7 @@ def _public(device: Device, state: DeviceState | None) -> DevicePublic:
 def _catalogue(ctx: ApiContext) -> Catalogue:
     cached = ctx.caches.catalogue
     if cached is None:
-        cached = Catalogue.builtin()
-        if ctx.settings.devices.catalogue:
-            cached = Catalogue.load(ctx.settings.devices.catalogue, cached)
+        cached = Catalogue.with_file(ctx.settings.devices.catalogue)
         ctx.caches.catalogue = cached
     return cached
 

@@ -70,13 +70,6 @@ ALL_PAGE = 1000  # --all reads the registry this many devices at a time
 TABLE = "{:<24} {:<15} {:<10} {:<12} {:<16} {}"
 
 
-def _catalogue(settings: Settings) -> Catalogue:
-    catalogue = Catalogue.builtin()
-    if settings.devices.catalogue:
-        catalogue = Catalogue.load(settings.devices.catalogue, catalogue)
-    return catalogue
-
-
 def _store(settings: Settings) -> DeviceStore:
     try:
         settings.run_dir.mkdir(parents=True, exist_ok=True)
@@ -89,8 +82,8 @@ def import_command(args: argparse.Namespace) -> int:
     """Validate every row; import all (or with --skip-invalid the valid ones)."""
     settings = settings_from(args)
     try:
-        parsed = read_file(args.file, _catalogue(settings), encoding=args.encoding,
-                           fmt=args.format)
+        parsed = read_file(args.file, Catalogue.with_file(settings.devices.catalogue),
+                           encoding=args.encoding, fmt=args.format)
     except DevicesError as exc:
         raise CommandError(str(exc), code=1) from exc
     for problem in parsed.problems:

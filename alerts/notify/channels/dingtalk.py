@@ -7,13 +7,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import time
-from collections.abc import Callable
 from urllib.parse import quote_plus
 
-import httpx
-
-from alerts.notify.channels.http import CodeRule, post_json
+from alerts.notify.channels.http import CodeRule, SignedRobot, post_json
 from alerts.notify.model import Message
 
 CODES = {
@@ -33,19 +29,10 @@ def sign(secret: str, timestamp_ms: int) -> str:
     return quote_plus(base64.b64encode(mac.digest()).decode())
 
 
-class DingTalkChannel:
+class DingTalkChannel(SignedRobot):
     """Posts markdown to a DingTalk custom robot."""
 
     type = "dingtalk"
-
-    def __init__(self, name: str, url: str, secret: str = "", keyword: str = "", *,
-                 timeout: float = 10.0, clock: Callable[[], float] = time.time) -> None:
-        self.name = name
-        self._url = url
-        self._secret = secret
-        self.keyword = keyword
-        self._clock = clock
-        self._client = httpx.Client(timeout=timeout)
 
     def url(self) -> str:
         """The robot URL with ``timestamp`` and ``sign`` when a secret is set."""
@@ -57,11 +44,8 @@ class DingTalkChannel:
 
     def payload(self, message: Message) -> dict[str, object]:
         """The request body (the keyword added when the text lacks it)."""
-        text = message.markdown
-        title = message.title
-        if self.keyword and self.keyword not in text:
-            text = f"{text}\n\n{self.keyword}"
-        return {"msgtype": "markdown", "markdown": {"title": title[:64], "text": text}}
+        return {"msgtype": "markdown", "markdown": {"title": message.title[:64],
+                                                    "text": self.with_keyword(message.markdown)}}
 
     def send(self, message: Message) -> None:
         """POST the message; a non-zero ``errcode`` is a failure."""

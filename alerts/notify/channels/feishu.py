@@ -8,13 +8,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import time
-from collections.abc import Callable
 from typing import Any
 
-import httpx
-
-from alerts.notify.channels.http import CodeRule, post_json
+from alerts.notify.channels.http import CodeRule, SignedRobot, post_json
 from alerts.notify.model import Message
 
 CODES = {
@@ -36,25 +32,14 @@ def sign(secret: str, timestamp: int) -> str:
     return base64.b64encode(mac.digest()).decode()
 
 
-class FeishuChannel:
+class FeishuChannel(SignedRobot):
     """Posts interactive cards to a Feishu custom robot."""
 
     type = "feishu"
 
-    def __init__(self, name: str, url: str, secret: str = "", keyword: str = "", *,
-                 timeout: float = 10.0, clock: Callable[[], float] = time.time) -> None:
-        self.name = name
-        self._url = url
-        self._secret = secret
-        self.keyword = keyword
-        self._clock = clock
-        self._client = httpx.Client(timeout=timeout)
-
     def payload(self, message: Message) -> dict[str, Any]:
         """The request body: the card, and ``timestamp``/``sign`` when a secret is set."""
-        text = message.markdown
-        if self.keyword and self.keyword not in text:
-            text = f"{text}\n\n{self.keyword}"
+        text = self.with_keyword(message.markdown)
         actions: list[dict[str, Any]] = []
         if message.ack_url:
             actions.append({"tag": "button", "type": "primary", "url": message.ack_url,

@@ -4,7 +4,8 @@ URL (it holds the robot's key)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +14,27 @@ import orjson
 
 from alerts.delivery.webhook import is_retryable_status
 from alerts.notify.model import ChannelError
+
+
+class SignedRobot:
+    """What the signed group robots (DingTalk, Feishu) share: the channel name, the robot
+    URL, an optional signing secret and keyword, the clock the signature is stamped with
+    and one HTTP client."""
+
+    def __init__(self, name: str, url: str, secret: str = "", keyword: str = "", *,
+                 timeout: float = 10.0, clock: Callable[[], float] = time.time) -> None:
+        self.name = name
+        self._url = url
+        self._secret = secret
+        self.keyword = keyword
+        self._clock = clock
+        self._client = httpx.Client(timeout=timeout)
+
+    def with_keyword(self, text: str) -> str:
+        """``text``, with the keyword the robot requires appended when it is missing."""
+        if self.keyword and self.keyword not in text:
+            return f"{text}\n\n{self.keyword}"
+        return text
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,16 +62,4 @@ def install_fence(engine: Engine, fence: Callable[[], Fence]) -> None:
         conn.info.pop(_CHECKED, None)
 
 
-def require_leader(is_leader: Callable[[], bool], node_id: str) -> Callable[[], None]:
-    """A check for writes outside the database (InfluxDB, webhooks, notifications):
-    raises :class:`NotLeader` unless this node still leads by its own (monotonic) clock,
-    which also holds after the process was frozen."""
-
-    def check() -> None:
-        if not is_leader():
-            raise NotLeader(f"node {node_id} is not the leader")
-
-    return check
-
-
-__all__ = ["NotLeader", "install_fence", "require_leader"]
+__all__ = ["NotLeader", "install_fence"]

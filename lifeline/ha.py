@@ -41,7 +41,7 @@ from devices.store import DeviceStore
 from lifeline.app import ApiServer, ReadyCheck, create_app
 from lifeline.db import create_db_engine, open_database
 from lifeline.fencing import install_fence
-from lifeline.leadership import NS, LeaseError, NotLeader, elector_from_settings
+from lifeline.leadership import LeaseError, NotLeader, elector_from_settings
 from lifeline.metrics import HaCollector
 from lifeline.scheduler import PeriodicTask
 from lifeline.service import LeaderTerm, Service, database_check
@@ -264,4 +264,4 @@ class HaNode:
             s.devices.inventory, Catalogue.with_file(s.devices.catalogue)))
 
 
-__all__ = ["EXIT_DEMOTED", "NS", "TAKEOVER_RULE", "HaNode", "SwitchableApp", "fenced_engine"]
+__all__ = ["EXIT_DEMOTED", "TAKEOVER_RULE", "HaNode", "SwitchableApp", "fenced_engine"]

@@ -607,28 +607,6 @@ class LeaderElector:
             self.on_demoted(reason)
 
 
-class ElectorView:
-    """What the API needs to know about leadership (:class:`lifeline.api.deps.HaView`),
-    answered by an elector: the role from its local reckoning, the leader's URL from the
-    database."""
-
-    def __init__(self, elector: LeaderElector) -> None:
-        self.elector = elector
-
-    @property
-    def node_id(self) -> str:
-        """This node's id."""
-        return self.elector.lease.node_id
-
-    def is_leader(self) -> bool:
-        """Whether this node leads now."""
-        return self.elector.is_leader
-
-    def leader_api_url(self) -> str | None:
-        """The leader's advertised API URL (None: no leader, or it advertised none)."""
-        return self.elector.lease.leader_api_url()
-
-
 def advertised_api_url(settings: Any) -> str | None:
     """The API URL this node advertises: ``ha.advertise_url``, else
     ``http://<hostname>:<api.port>`` when the API runs, else None."""

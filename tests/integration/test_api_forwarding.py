@@ -28,7 +28,7 @@ from lifeline.alerting import case_config
 from lifeline.app import ApiServer, create_app
 from lifeline.auth import new_token, token_digest
 from lifeline.db import open_database
-from lifeline.leadership import NS, ElectorView, LeaderElector, LeaderLease, lease_engine
+from lifeline.leadership import NS, LeaderElector, LeaderLease, lease_engine
 from lifeline.settings import Settings, load_settings
 from rules.model import Finding, FindingState, Severity
 from simulators.dispatch import sign_callback
@@ -40,6 +40,28 @@ SECRET = "forwarding-secret-0123456789"
 BODY_LIMIT = 4096
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
               "trailer", "transfer-encoding", "upgrade"}
+
+
+class ElectorView:
+    """What the API needs to know about leadership (:class:`lifeline.api.deps.HaView`),
+    answered by an elector: the role from its local reckoning, the leader's URL from the
+    database."""
+
+    def __init__(self, elector: LeaderElector) -> None:
+        self.elector = elector
+
+    @property
+    def node_id(self) -> str:
+        """This node's id."""
+        return self.elector.lease.node_id
+
+    def is_leader(self) -> bool:
+        """Whether this node leads now."""
+        return self.elector.is_leader
+
+    def leader_api_url(self) -> str | None:
+        """The leader's advertised API URL (None: no leader, or it advertised none)."""
+        return self.elector.lease.leader_api_url()
 
 
 @dataclass
